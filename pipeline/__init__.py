@@ -1,0 +1,1 @@
+"""Frame → addressed verdict: alignment, NSOARTC metric, address grid, judges, decision."""
