@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops restart loops on bad config
+# EX_CONFIG; the unit sets RestartPreventExitStatus=78 so bad config stops restart loops.
+EXIT_CONFIG = 78
 
 
 class StationError(Exception):

@@ -1,0 +1,147 @@
+"""The station's YAML configuration: typed, validated, errors with file:line (exit code 78)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from station.errors import ConfigError
+from station.yamlconf import YamlDoc, build_dataclass, load_yaml
+
+Policy = Literal["any", "metric", "vlm", "both"]
+
+
+@dataclass(frozen=True)
+class StationSection:
+    """Identity and folders of this station."""
+
+    id: str = "station-1"
+    state_dir: str = "./state"
+    cache_dir: str = "./cache"
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """Camera reconnect back-off."""
+
+    initial_s: float = 0.5
+    max_s: float = 10.0
+
+    def validate(self) -> None:
+        if not 0 < self.initial_s <= self.max_s:
+            raise ValueError("need 0 < initial_s <= max_s")
+
+
+@dataclass(frozen=True)
+class CameraSection:
+    """Where frames come from (see camera.live.LiveCamera)."""
+
+    source: int | str = 0
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    fourcc: str | None = None
+    open_timeout_s: float = 5.0
+    read_timeout_s: float = 2.0
+    reconnect: Reconnect = field(default_factory=Reconnect)
+    loop: bool = False
+
+    def validate(self) -> None:
+        if self.open_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise ValueError("timeouts must be > 0")
+
+
+@dataclass(frozen=True)
+class FreeRun:
+    """Inspection rate in free_run mode."""
+
+    rate_hz: float = 2.0
+
+    def validate(self) -> None:
+        if not 0 < self.rate_hz <= 1000:
+            raise ValueError("rate_hz must be in (0, 1000]")
+
+
+@dataclass(frozen=True)
+class EventsSection:
+    """ZeroMQ endpoints and rates."""
+
+    pub: str = "tcp://*:5556"
+    trigger: str = "tcp://*:5555"
+    catchup: str = "tcp://*:5557"
+    heartbeat_s: float = 1.0
+    catchup_batch: int = 500
+    trigger_queue: int = 16
+
+    def validate(self) -> None:
+        for name in ("pub", "trigger", "catchup"):
+            ep = getattr(self, name)
+            if "://" not in ep:
+                raise ValueError(f"{name}: {ep!r} is not a ZeroMQ endpoint (tcp://host:port, ipc://path)")
+        if len({self.pub, self.trigger, self.catchup}) != 3:
+            raise ValueError("pub, trigger and catchup must be different endpoints")
+        if not 0.05 <= self.heartbeat_s <= 10:
+            raise ValueError("heartbeat_s must be in [0.05, 10]")
+        if self.catchup_batch < 1 or self.trigger_queue < 1:
+            raise ValueError("catchup_batch and trigger_queue must be >= 1")
+
+
+@dataclass(frozen=True)
+class RecordingSection:
+    """What the recorder keeps, and for how long."""
+
+    enabled: bool = True
+    dir: str = "./recordings"
+    max_bytes: float = 5e9
+    max_age_days: float = 7.0
+    defect_max_age_days: float = 30.0
+
+    def validate(self) -> None:
+        if self.max_bytes <= 0 or self.max_age_days <= 0 or self.defect_max_age_days <= 0:
+            raise ValueError("limits must be > 0")
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    """The whole station configuration; ``path`` is the YAML file it came from."""
+
+    recipe: str
+    station: StationSection = field(default_factory=StationSection)
+    mode: Literal["trigger", "free_run"] = "trigger"
+    free_run: FreeRun = field(default_factory=FreeRun)
+    camera: CameraSection = field(default_factory=CameraSection)
+    events: EventsSection = field(default_factory=EventsSection)
+    recording: RecordingSection = field(default_factory=RecordingSection)
+    policy: Policy = "any"
+    # Overrides of the recipe's ``vlm:`` section (validated by pipeline.vlm.settings).
+    vlm: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def resolve(self, p: str) -> Path:
+        """A path from the config, relative paths taken relative to the config file."""
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else (Path(self.path).parent / q).resolve()
+
+
+def load_config(path: str | Path) -> StationConfig:
+    """Load and validate a station YAML; ConfigError (exit 78) names file:line of any mistake."""
+    doc: YamlDoc = load_yaml(path)
+    data = doc.data
+    if not isinstance(data, dict):
+        raise ConfigError("the station config must be a mapping", str(doc.path))
+    if "path" in data:
+        raise ConfigError("unknown key 'path'", doc.where(("path",)))
+    cfg = build_dataclass(StationConfig, data, doc)
+    cfg = StationConfig(**{**cfg.__dict__, "path": str(Path(path).resolve())})
+    recipe_dir = cfg.resolve(cfg.recipe)
+    if not (recipe_dir / "recipe.yaml").is_file():
+        raise ConfigError(f"recipe folder {recipe_dir} has no recipe.yaml", doc.where(("recipe",)))
+    if cfg.vlm:
+        from pipeline.vlm.settings import VlmSettings  # deferred: keeps torch-free imports light
+
+        try:
+            VlmSettings.from_dict(cfg.vlm)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"vlm: {exc}", doc.where(("vlm",))) from None
+    return cfg
