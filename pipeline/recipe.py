@@ -1,0 +1,372 @@
+"""Recipes: everything the station needs to inspect one product, in one folder.
+
+A recipe folder holds ``recipe.yaml`` (settings, grid, per-cell thresholds, VLM prompt settings),
+``golden.png`` (the golden reference) and ``unitspace.npz`` (the NSOARTC unit space).  Its content
+hash (over those three files) goes into every event, so a result can always be traced to the exact
+recipe that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import yaml
+
+from pipeline.align import Aligner
+from pipeline.grid import AddressGrid
+from pipeline.metric_judge import fit_thresholds
+from pipeline.nsoartc import NsoartcTransform, UnitSpace
+from station.errors import ConfigError
+from station.yamlconf import YamlDoc, build_dataclass, load_yaml
+
+log = logging.getLogger(__name__)
+
+RECIPE_FILE = "recipe.yaml"
+GOLDEN_FILE = "golden.png"
+UNIT_SPACE_FILE = "unitspace.npz"
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """How frames are registered to the golden (see pipeline.align.Aligner)."""
+
+    motion: Literal["translation", "euclidean", "affine", "homography"] = "euclidean"
+    min_score: float = 0.8
+    max_shift_px: float = 40.0
+    max_rotation_deg: float = 5.0
+    scale: float = 0.5
+    enabled: bool = True
+
+    def validate(self) -> None:
+        if not -1.0 <= self.min_score <= 1.0:
+            raise ValueError("min_score must be an ECC correlation in [-1, 1]")
+        if not 0 < self.scale <= 1:
+            raise ValueError("scale must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class NsoartcSettings:
+    """The metric transform (DESIGN §3)."""
+
+    window: int = 9
+    stride: int = 1
+    channels: Literal["grey", "bgr"] = "grey"
+    d_vis: float = 8.0
+
+    def validate(self) -> None:
+        if self.window < 3 or self.window % 2 == 0:
+            raise ValueError("window must be odd and >= 3")
+        if not 1 <= self.stride <= self.window:
+            raise ValueError("stride must be in [1, window]")
+        if self.d_vis <= 0:
+            raise ValueError("d_vis must be > 0")
+
+
+@dataclass(frozen=True)
+class UnitSpaceSettings:
+    """How the unit space is built from good frames."""
+
+    synth: int = 24  # synthesised good frames added when fewer than min_real real ones
+    min_real: int = 16
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ThresholdSettings:
+    """How per-cell thresholds are derived from good frames' cell scores."""
+
+    statistic: Literal["max", "quantile"] = "max"  # cell score = max of D, or a quantile
+    quantile: float = 0.99
+    margin: float = 1.3
+    floor: float = 3.0
+    calibration_synth: int = 16  # synthesised calibration frames when real ones are few
+
+    def validate(self) -> None:
+        if not 0.5 <= self.quantile <= 1.0:
+            raise ValueError("quantile must be in [0.5, 1]")
+        if self.margin < 1.0 or self.floor < 0:
+            raise ValueError("margin must be >= 1 and floor >= 0")
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    """The content of ``recipe.yaml``."""
+
+    name: str
+    grid: dict[str, Any]
+    thresholds: dict[str, float] = field(default_factory=dict)
+    align: AlignSettings = field(default_factory=AlignSettings)
+    nsoartc: NsoartcSettings = field(default_factory=NsoartcSettings)
+    unit_space: UnitSpaceSettings = field(default_factory=UnitSpaceSettings)
+    cells: ThresholdSettings = field(default_factory=ThresholdSettings)
+    vlm: dict[str, Any] = field(default_factory=dict)
+    built: dict[str, Any] = field(default_factory=dict)  # provenance: date, frames, version
+    version: int = 1
+
+
+def _recipe_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in (RECIPE_FILE, GOLDEN_FILE, UNIT_SPACE_FILE):
+        h.update(name.encode())
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()
+
+
+def read_image(path: str | Path, *, grey: bool = False) -> np.ndarray:
+    """Read an image file as uint8 grey or BGR; raise ValueError with the path when unreadable."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    flag = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR
+    img = cv2.imdecode(data, flag) if data.size else None
+    if img is None:
+        raise ValueError(f"{path}: not a readable image")
+    return img
+
+
+def to_channels(image: np.ndarray, channels: str) -> np.ndarray:
+    """Convert a uint8 grey/BGR/BGRA image to the recipe's channel layout (grey or BGR)."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    if channels == "grey":
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    return image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+
+
+@dataclass
+class Recipe:
+    """A loaded recipe: settings plus the golden, unit space, grid and derived objects."""
+
+    settings: RecipeSettings
+    golden: np.ndarray
+    unit_space: UnitSpace
+    grid: AddressGrid
+    folder: Path | None = None
+    hash: str = ""
+
+    @property
+    def short_hash(self) -> str:
+        """First 12 hex digits of the content hash (what events carry)."""
+        return self.hash[:12]
+
+    def make_aligner(self) -> Aligner:
+        """An Aligner for this recipe's golden and alignment settings."""
+        a = self.settings.align
+        return Aligner(
+            to_channels(self.golden, "grey"),
+            motion=a.motion,
+            min_score=a.min_score,
+            max_shift_px=a.max_shift_px,
+            max_rotation_deg=a.max_rotation_deg,
+            scale=a.scale,
+        )
+
+    def make_transform(self) -> NsoartcTransform:
+        """The NSOARTC transform for this recipe's golden and unit space."""
+        n = self.settings.nsoartc
+        return NsoartcTransform(
+            to_channels(self.golden, n.channels),
+            self.unit_space,
+            k=n.window,
+            stride=n.stride,
+            channels=n.channels,
+            d_vis=n.d_vis,
+        )
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Recipe:
+        """Load and validate a recipe folder; ConfigError (file:line) on any problem."""
+        folder = Path(folder)
+        doc: YamlDoc = load_yaml(folder / RECIPE_FILE)
+        settings = build_dataclass(RecipeSettings, doc.data, doc)
+        try:
+            grid = AddressGrid.from_config(settings.grid)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"grid: {exc}", doc.where(("grid",))) from None
+        missing = sorted(set(grid.cells) - set(settings.thresholds))
+        if missing:
+            raise ConfigError(
+                f"thresholds missing for {len(missing)} cell(s), e.g. {missing[0]!r}",
+                doc.where(("thresholds",)),
+            )
+        extra = sorted(set(settings.thresholds) - set(grid.cells))
+        if extra:
+            raise ConfigError(f"threshold for unknown cell {extra[0]!r}", doc.where(("thresholds",)))
+        try:
+            golden = read_image(folder / GOLDEN_FILE)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        golden = to_channels(golden, settings.nsoartc.channels)
+        _check_grid_inside(grid, golden.shape[:2], doc)
+        try:
+            unit_space = UnitSpace.load(folder / UNIT_SPACE_FILE)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"unit space unreadable: {exc}", str(folder / UNIT_SPACE_FILE)) from None
+        if settings.vlm:
+            from pipeline.vlm.settings import VlmSettings
+
+            try:
+                VlmSettings.from_dict(settings.vlm)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"vlm: {exc}", doc.where(("vlm",))) from None
+        return cls(settings, golden, unit_space, grid, folder, _recipe_hash(folder))
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the recipe folder (atomic per file) and set ``hash``; returns the folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        ok, png = cv2.imencode(".png", self.golden)
+        if not ok:
+            raise ValueError("cannot encode golden image")
+        _atomic_write(folder / GOLDEN_FILE, png.tobytes())
+        tmp = folder / (UNIT_SPACE_FILE + ".tmp.npz")
+        self.unit_space.save(tmp)
+        tmp.replace(folder / UNIT_SPACE_FILE)
+        text = yaml.safe_dump(asdict(self.settings), sort_keys=False, allow_unicode=True)
+        _atomic_write(folder / RECIPE_FILE, text.encode())
+        self.folder = folder
+        self.hash = _recipe_hash(folder)
+        (folder / "recipe.sha256").write_text(self.hash + "\n")
+        return folder
+
+
+def _check_grid_inside(grid: AddressGrid, shape: tuple[int, int], doc: YamlDoc) -> None:
+    h, w = shape
+    for address, (x, y, cw, ch) in grid.cells.items():
+        if x < 0 or y < 0 or x + cw > w or y + ch > h:
+            raise ConfigError(
+                f"cell {address!r} {[x, y, cw, ch]} lies outside the golden image ({w}x{h})",
+                doc.where(("grid",)),
+            )
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _median_golden(frames: Sequence[np.ndarray], settings: AlignSettings) -> np.ndarray:
+    """Golden = per-pixel median of the good frames aligned to the first (less noise than one)."""
+    ref = frames[0]
+    aligner = Aligner(
+        to_channels(ref, "grey"),
+        motion=settings.motion,
+        min_score=settings.min_score,
+        max_shift_px=settings.max_shift_px,
+        max_rotation_deg=settings.max_rotation_deg,
+        scale=settings.scale,
+    )
+    stack = [ref]
+    for f in frames[1:]:
+        a = aligner.align(f)
+        if a.ok and a.image is not None:
+            stack.append(a.image)
+    if len(stack) < 3:
+        return ref
+    return np.median(np.stack(stack), axis=0).astype(np.uint8)
+
+
+def build_recipe(
+    good_frames: Sequence[np.ndarray],
+    grid_config: dict[str, Any],
+    *,
+    name: str = "recipe",
+    golden: np.ndarray | None = None,
+    settings: RecipeSettings | None = None,
+    vlm: dict[str, Any] | None = None,
+    source: str = "",
+) -> Recipe:
+    """Build a recipe from good frames (and optionally an explicit golden).
+
+    Golden: the given one, else the median of the good frames aligned to the first.  Unit space:
+    fitted on the aligned good frames, topped up with frames synthesised from the golden while
+    fewer than ``unit_space.min_real`` real ones exist (DESIGN §3; with one golden only, all are
+    synthesised).  Thresholds: each cell's largest score on good frames held out of the unit-space
+    fit (synthesised ones when too few), times ``margin``, at least ``floor``.
+    """
+    if golden is None and not good_frames:
+        raise ValueError("need at least one good frame or a golden image")
+    base = settings or RecipeSettings(name=name, grid=grid_config)
+    grid = AddressGrid.from_config(grid_config)
+    channels = base.nsoartc.channels
+    if golden is None:
+        golden = _median_golden([to_channels(f, channels) for f in good_frames], base.align)
+    golden = to_channels(golden, channels)
+    grey_golden = to_channels(golden, "grey")
+    aligner = Aligner(
+        grey_golden,
+        motion=base.align.motion,
+        min_score=base.align.min_score,
+        max_shift_px=base.align.max_shift_px,
+        max_rotation_deg=base.align.max_rotation_deg,
+        scale=base.align.scale,
+    )
+    aligned: list[tuple[np.ndarray, np.ndarray | None]] = []
+    for f in good_frames:
+        f = to_channels(f, channels)
+        if not base.align.enabled:
+            aligned.append((f, None))
+            continue
+        a = aligner.align(f)
+        if a.ok and a.image is not None:
+            aligned.append((a.image, a.valid))
+        else:
+            log.warning("good frame skipped: %s", a.reason)
+    # hold out a third of the real frames for threshold calibration (in-sample scores are too low)
+    n_cal = len(aligned) // 3 if len(aligned) >= 6 else 0
+    fit_frames, cal_frames = aligned[n_cal:], aligned[:n_cal]
+    us = base.unit_space
+    n = base.nsoartc
+    unit_space = UnitSpace.from_frames(
+        golden,
+        [f for f, _ in fit_frames],
+        k=n.window,
+        stride=n.stride,
+        channels=channels,
+        synth=us.synth if len(fit_frames) < us.min_real else 0,
+        seed=us.seed,
+    )
+    transform = NsoartcTransform(golden, unit_space, k=n.window, stride=n.stride, channels=channels,
+                                 d_vis=n.d_vis)
+    cal_images = [f for f, _ in cal_frames]
+    cal_valid = [v for _, v in cal_frames]
+    t = base.cells
+    if len(cal_images) < t.calibration_synth // 2:
+        synth = UnitSpace.synthesize_frames(golden, t.calibration_synth, seed=us.seed + 1)
+        cal_images += synth
+        cal_valid += [None] * len(synth)
+    q = 1.0 if t.statistic == "max" else t.quantile
+    good_scores = [
+        grid.cell_scores(transform.distance(img, valid), valid, quantile=q)
+        for img, valid in zip(cal_images, cal_valid, strict=True)
+    ]
+    thresholds = fit_thresholds(good_scores, margin=t.margin, floor=t.floor)
+    built = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "good_frames": len(good_frames),
+        "aligned": len(aligned),
+        "fit_frames": len(fit_frames),
+        "calibration_frames": len(cal_images),
+        "source": source,
+    }
+    final = RecipeSettings(
+        name=name if settings is None else base.name,
+        grid=grid.to_config(),
+        thresholds={k: round(float(v), 4) for k, v in thresholds.items()},
+        align=base.align,
+        nsoartc=base.nsoartc,
+        unit_space=base.unit_space,
+        cells=base.cells,
+        vlm=dict(vlm if vlm is not None else base.vlm),
+        built=built,
+    )
+    return Recipe(final, golden, unit_space, grid)
