@@ -199,7 +199,8 @@ class Recipe:
             )
         extra = sorted(set(settings.thresholds) - set(grid.cells))
         if extra:
-            raise ConfigError(f"threshold for unknown cell {extra[0]!r}", doc.where(("thresholds",)))
+            where = doc.where(("thresholds", extra[0]))
+            raise ConfigError(f"threshold for unknown cell {extra[0]!r}", where)
         try:
             golden = read_image(folder / GOLDEN_FILE)
         except ValueError as exc:
@@ -209,7 +210,8 @@ class Recipe:
         try:
             unit_space = UnitSpace.load(folder / UNIT_SPACE_FILE)
         except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"unit space unreadable: {exc}", str(folder / UNIT_SPACE_FILE)) from None
+            where = str(folder / UNIT_SPACE_FILE)
+            raise ConfigError(f"unit space unreadable: {exc}", where) from None
         if settings.vlm:
             from pipeline.vlm.settings import VlmSettings
 
