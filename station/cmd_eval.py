@@ -1,0 +1,72 @@
+"""``station eval``: score labelled data (a manifest, or a DeepPCB-layout folder)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from camera.deeppcb import DeepPcbSource
+from camera.replay import open_replay_source
+from pipeline.inspector import Inspector
+from pipeline.recipe import build_recipe, read_image
+from station.cmd_replay import add_inspector_args, run_replay
+from station.errors import ConfigError
+from station.recipe_tools import DEFAULTS_DIR, inspector_from_args, load_settings_file
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``eval`` to the CLI."""
+    p = sub.add_parser("eval", help="score labelled data: a manifest or a DeepPCB-layout folder")
+    p.add_argument("data", help="manifest CSV, or a folder with index.csv (DeepPCB layout)")
+    p.add_argument("--layout", choices=("manifest", "deeppcb"), default=None,
+                   help="data layout (default: deeppcb for a folder with index.csv)")
+    add_inspector_args(p)
+    p.add_argument("--settings", help="recipe settings YAML for --layout deeppcb "
+                                      "(default: the built-in DeepPCB settings)")
+    p.add_argument("--report", metavar="DIR", help="write report.json + report.md into DIR")
+    p.add_argument("--out", metavar="FILE", help="per-part JSON lines to FILE")
+    p.set_defaults(func=run)
+
+
+def deeppcb_inspector(data: Path, settings_path: str | None) -> Inspector:
+    """An Inspector whose recipe settings are the DeepPCB ones; every pair brings its golden."""
+    settings = load_settings_file(settings_path or DEFAULTS_DIR / "deeppcb.yaml")
+    source = DeepPcbSource(data)
+    try:
+        first = next(iter(source), None)
+    finally:
+        source.close()
+    if first is None:
+        raise ConfigError(f"{data}: index.csv lists no pairs")
+    golden = read_image(first.meta["golden"], grey=settings.nsoartc.channels == "grey")
+    recipe = build_recipe([], settings.grid, golden=golden, settings=settings, source=str(data))
+    recipe.hash = "deeppcb-" + settings.name
+    return Inspector(recipe, policy="metric", golden_cache=2)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the summary as one JSON line."""
+    data = Path(args.data)
+    layout = args.layout or ("deeppcb" if (data / "index.csv").is_file() else "manifest")
+    if layout == "deeppcb":
+        if args.config or args.recipe or args.vlm:
+            raise ConfigError("--layout deeppcb builds its recipe per pair; use --settings")
+        inspector = deeppcb_inspector(data, args.settings)
+        source = DeepPcbSource(data)
+    else:
+        inspector, _ = inspector_from_args(args)
+        source = open_replay_source(data)
+    try:
+        out = Path(args.out).open("w") if args.out else None
+        total = len(source) if hasattr(source, "__len__") else None
+        summary = run_replay(source, inspector, out=out, report_dir=args.report,
+                             title=f"Evaluation of {data} ({layout})", limit=args.limit,
+                             total=total)
+    finally:
+        source.close()
+        if args.out and out:
+            out.close()
+    print(json.dumps(summary), file=sys.stdout)
+    return 0
