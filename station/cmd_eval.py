@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -58,15 +59,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         inspector, _ = inspector_from_args(args)
         source = open_replay_source(data)
-    try:
-        out = Path(args.out).open("w") if args.out else None
+    with contextlib.ExitStack() as stack:
+        stack.callback(source.close)
+        out = stack.enter_context(Path(args.out).open("w")) if args.out else None
         total = len(source) if hasattr(source, "__len__") else None
         summary = run_replay(source, inspector, out=out, report_dir=args.report,
                              title=f"Evaluation of {data} ({layout})", limit=args.limit,
                              total=total)
-    finally:
-        source.close()
-        if args.out and out:
-            out.close()
     print(json.dumps(summary), file=sys.stdout)
     return 0
