@@ -251,6 +251,18 @@ def _blend(img: np.ndarray, mask: np.ndarray, color: np.ndarray | float) -> None
     img += mask * color
 
 
+def _paint(img: np.ndarray, mask: np.ndarray, color: np.ndarray | float,
+           alpha: float = 1.0) -> None:
+    """:func:`_blend` with a uint8 mask, only over the mask's bounding box (the canvas is big)."""
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0 or h == 0:
+        return
+    sub = (slice(y, y + h), slice(x, x + w))
+    if isinstance(color, np.ndarray) and color.ndim == 3:
+        color = color[sub]
+    _blend(img[sub], alpha * _mask_to_layer(mask[sub]), color)
+
+
 def _board(spec: LineSpec) -> np.ndarray:
     """The part without pins: board, housing, wells, fiducials; float32 BGR on the canvas.
 
@@ -275,7 +287,8 @@ def _board_cached(spec: LineSpec) -> np.ndarray:
 
     # Solder mask: low-frequency mottling plus fine glass-fibre weave.
     tex = 1.0 + 0.06 * _smooth_noise(rng, ch, cw, 40 * s) + 0.03 * _smooth_noise(rng, ch, cw, 3 * s)
-    yy, xx = np.mgrid[0:ch, 0:cw].astype(np.float32)
+    xx = np.arange(cw, dtype=np.float32)[None, :]
+    yy = np.arange(ch, dtype=np.float32)[:, None]
     weave = 0.025 * np.sin(xx * (2 * np.pi / (7 * s))) * np.sin(yy * (2 * np.pi / (7 * s)))
     img = _BOARD[None, None, :] * (tex + weave)[..., None]
     img = img.astype(np.float32)
@@ -290,7 +303,7 @@ def _board_cached(spec: LineSpec) -> np.ndarray:
         cv2.line(layer, top, bot, 255, max(1, int(4 * s)), cv2.LINE_AA)
         top, bot = c(xa, y0 + rh + 0.9 * py), c(xa - 0.25 * px, h + pad)
         cv2.line(layer, top, bot, 255, max(1, int(4 * s)), cv2.LINE_AA)
-    _blend(img, 0.35 * _mask_to_layer(layer), _BOARD * 1.6)
+    _paint(img, layer, _BOARD * 1.6, 0.35)
 
     # Fiducials: copper rings with a centre dot, a cross, a square pad.
     layer[:] = 0
@@ -303,16 +316,16 @@ def _board_cached(spec: LineSpec) -> np.ndarray:
     cv2.line(layer, (fx, fy - arm), (fx, fy + arm), 255, max(1, int(3 * s)), cv2.LINE_AA)
     fx, fy = c(0.06 * w, 0.90 * h)
     cv2.rectangle(layer, (fx - arm, fy - arm), (fx + arm, fy + arm), 255, -1, cv2.LINE_AA)
-    _blend(img, _mask_to_layer(layer), _COPPER)
+    _paint(img, layer, _COPPER)
 
     # Mounting holes: dark drill with a plated annulus.
     for fx, fy in ((0.25 * w, 0.13 * h), (0.75 * w, 0.87 * h)):
         layer[:] = 0
         cv2.circle(layer, c(fx, fy), int(13 * s), 255, -1, cv2.LINE_AA)
-        _blend(img, _mask_to_layer(layer), _COPPER * 0.9)
+        _paint(img, layer, _COPPER * 0.9)
         layer[:] = 0
         cv2.circle(layer, c(fx, fy), int(8 * s), 255, -1, cv2.LINE_AA)
-        _blend(img, _mask_to_layer(layer), 0.04)
+        _paint(img, layer, 0.04)
 
     # Silkscreen: reference designator, part number, pin-1 marker, outline of the housing.
     layer[:] = 0
@@ -329,7 +342,7 @@ def _board_cached(spec: LineSpec) -> np.ndarray:
     m = 0.45 * px
     cv2.rectangle(layer, c(x0 - m, y0 - 0.7 * py), c(x0 + rw + m, y0 + rh + 0.7 * py), 255,
                   max(1, int(2 * s)), cv2.LINE_AA)
-    _blend(img, 0.9 * _mask_to_layer(layer), _SILK)
+    _paint(img, layer, _SILK, 0.9)
 
     # Housing: dark plastic block with a lighter bevelled edge and polarisation notches.
     hm = 0.3 * min(px, py)
