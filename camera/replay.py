@@ -328,7 +328,10 @@ class ManifestSource:
                 try:
                     defects.append(normalize_address(part))
                 except ValueError as e:
-                    raise self._fail(line, str(e)) from None
+                    hint = ""
+                    if re.fullmatch(r"\s*X\s*:\s*\S+\s*", part, re.IGNORECASE):
+                        hint = " (an address holds a comma: quote the defects field)"
+                    raise self._fail(line, f"{e}{hint}") from None
         if label == "pass" and defects:
             raise self._fail(line, f"label 'pass' with defects {defects}")
         golden = row.pop("golden", "")
