@@ -739,7 +739,7 @@ class SyntheticCamera:
         self._on_health = on_health
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
-        self._seq = 0
+        self._seq = 0  # seq of the last returned frame; the first frame is 1, as in LiveCamera
         self._last_ts = 0.0
         self._started = False
         self._closed = False
@@ -775,13 +775,14 @@ class SyntheticCamera:
             self._notify(up, "synthetic camera back" if up else reason)
 
     def read_latest(self, timeout: float) -> Frame:
-        """A freshly rendered part, or ``Frame(image=None, error="camera_down: …")``."""
+        """A freshly rendered part (seq 1, 2, …), or ``Frame(image=None, error="camera_down: …")``
+        carrying the seq of the last returned frame (as camera.live.LiveCamera does)."""
         if not self._started or self._closed:
-            return Frame(image=None, seq=-1, source_id=self.source_id,
+            return Frame(image=None, seq=self._seq, source_id=self.source_id,
                          error="camera_down: synthetic camera not started")
         if not self._available:
             time.sleep(max(0.0, min(timeout, 0.05)))
-            return Frame(image=None, seq=-1, source_id=self.source_id,
+            return Frame(image=None, seq=self._seq, source_id=self.source_id,
                          error=f"camera_down: {self._down_reason}")
         with self._lock:
             if self.fps:
@@ -794,8 +795,8 @@ class SyntheticCamera:
                 defects = sample_defects(self.spec, self._rng,
                                          2 if self._rng.random() < 0.15 else 1, self.modes)
             part = make_part(self.spec, self._rng, defects)
-            seq = self._seq
             self._seq += 1
+            seq = self._seq
             self._last_ts = time.time()
         meta = {"label": part.label, "defects": part.addresses,
                 "modes": [{"address": a, "mode": m} for a, m in part.defects],

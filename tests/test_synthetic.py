@@ -243,7 +243,7 @@ def test_synthetic_camera_protocol():
     cam.start()
     assert cam.healthy and events[-1][0] is True
     frames = [cam.read_latest(1.0) for _ in range(10)]
-    assert [f.seq for f in frames] == list(range(10))
+    assert [f.seq for f in frames] == list(range(1, 11))
     assert all(isinstance(f, Frame) and f.ok and f.image.shape == (480, 640) for f in frames)
     assert all(f.source_id == "synthetic" for f in frames)
     assert len({f.meta["part_id"] for f in frames}) == 10
@@ -259,9 +259,10 @@ def test_synthetic_camera_protocol():
     assert not cam.healthy and events[-1] == (False, "cable pulled")
     down = cam.read_latest(0.01)
     assert down.image is None and down.error == "camera_down: cable pulled"
+    assert down.seq == 10  # the last returned seq, as LiveCamera reports it
     cam.set_available(True)
     assert cam.healthy and events[-1][0] is True
-    assert cam.read_latest(1.0).seq == 10
+    assert cam.read_latest(1.0).seq == 11
 
     cam.close()
     assert not cam.healthy and events[-1][0] is False
@@ -294,6 +295,6 @@ def test_synthetic_camera_rates_and_threads():
         t.start()
     for t in threads:
         t.join()
-    assert sorted(seqs) == list(range(3, 12))
+    assert sorted(seqs) == list(range(4, 13))
     good.close()
     bad.close()
