@@ -1,0 +1,91 @@
+"""Metric judge (DESIGN §5.1) and per-cell thresholds from good frames' cell scores."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from pipeline.grid import parse_address
+from pipeline.verdicts import Defect, JudgeResult, Verdict
+
+
+def fit_thresholds(
+    good_scores: Sequence[Mapping[str, float]],
+    *,
+    margin: float = 1.25,
+    floor: float = 3.0,
+    target_frr: float | None = None,
+    per_cell: bool = True,
+) -> dict[str, float]:
+    """Per-cell thresholds from the cell scores of good frames.
+
+    ``base`` per cell is the largest good score (``target_frr=None``) or the ``1 − target_frr``
+    quantile of the good scores (a target false-reject rate per cell); the threshold is
+    ``max(base × margin, floor)``.  With ``per_cell=False`` one threshold (from all cells' scores
+    pooled) is given to every cell — steadier when there are few good frames.
+    """
+    if not good_scores:
+        raise ValueError("fit_thresholds needs the cell scores of at least one good frame")
+    if margin <= 0:
+        raise ValueError(f"margin must be > 0, got {margin}")
+    if target_frr is not None and not 0.0 <= target_frr < 1.0:
+        raise ValueError(f"target_frr must be in [0, 1), got {target_frr}")
+    cells = list(good_scores[0])
+    for i, sc in enumerate(good_scores):
+        if set(sc) != set(cells):
+            raise ValueError(f"good frame {i} scores other cells than frame 0")
+    arr = np.array([[float(sc[a]) for a in cells] for sc in good_scores], dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("good-frame cell scores contain NaN or infinity")
+
+    def base(v: np.ndarray) -> float:
+        if target_frr is None or target_frr == 0.0:
+            return float(v.max())
+        return float(np.quantile(v, 1.0 - target_frr))
+
+    if per_cell:
+        bases = [base(arr[:, i]) for i in range(len(cells))]
+    else:
+        bases = [base(arr.ravel())] * len(cells)
+    return {a: max(b * margin, floor) for a, b in zip(cells, bases, strict=True)}
+
+
+class MetricJudge:
+    """Defect cells = cells whose score exceeds their threshold; ``defect`` if any, else ``pass``.
+
+    Fail-safe: a non-finite score counts as a defect.  A scored cell without a threshold uses
+    ``default`` (``ValueError`` at judging time when there is none: a recipe mismatch).
+    """
+
+    def __init__(self, thresholds: Mapping[str, float], *, default: float | None = None) -> None:
+        """``thresholds``: address → threshold on the cell score (D units)."""
+        self.thresholds: dict[str, float] = {}
+        for a, t in thresholds.items():
+            parse_address(a)
+            t = float(t)
+            if not math.isfinite(t) or t <= 0:
+                raise ValueError(f"threshold for {a!r} must be a positive number, got {t}")
+            self.thresholds[a] = t
+        self.default = default
+
+    def judge(self, cell_scores: Mapping[str, float]) -> JudgeResult:
+        """Verdict for one part from its cell scores (``judge="metric"``)."""
+        defects: list[Defect] = []
+        for a, s in cell_scores.items():
+            thr = self.thresholds.get(a, self.default)
+            if thr is None:
+                raise ValueError(f"no threshold for cell {a!r} (recipe and grid disagree)")
+            s = float(s)
+            if not math.isfinite(s) or s > thr:
+                col, row = parse_address(a)
+                defects.append(Defect(address=a, column=col, row=row, score=s, judge="metric"))
+        defects.sort(key=lambda d: -(d.score if d.score is not None and math.isfinite(d.score) else math.inf))
+        finite = [float(s) for s in cell_scores.values() if math.isfinite(float(s))]
+        details = {
+            "max_score": max(finite) if finite else None,
+            "cells": {a: float(s) for a, s in cell_scores.items()},
+        }
+        verdict = Verdict.DEFECT if defects else Verdict.PASS
+        return JudgeResult(judge="metric", verdict=verdict, defects=defects, details=details)
