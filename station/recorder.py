@@ -33,6 +33,7 @@ import enum
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import threading
@@ -105,6 +106,7 @@ class Recorder:
         png_compression: PNG level 0–9 (lossless at every level; 1 is fast).
         fsync: fsync files and folders (survives power loss, costs latency).
         clock: wall-clock function (seconds), for age limits.
+        max_pending: queue length of :meth:`record_async` before records are dropped.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class Recorder:
         png_compression: int = 1,
         fsync: bool = False,
         clock: Callable[[], float] = time.time,
+        max_pending: int = 8,
     ) -> None:
         self.dir = Path(dir)
         self.max_bytes = None if max_bytes is None else int(max_bytes)
@@ -130,6 +133,11 @@ class Recorder:
         self.fsync = fsync
         self.clock = clock
         self._lock = threading.RLock()
+        self.max_pending = max(1, int(max_pending))
+        self._queue: queue.Queue[tuple[str, str, dict[str, Any], dict[str, Any]] | None] = \
+            queue.Queue()
+        self._idle = threading.Condition()
+        self._worker: threading.Thread | None = None
         self._entries: dict[str, _Entry] = {}
         self._pending: set[str] = set()  # ids being written (not yet renamed into place)
         self._normal: collections.deque[_Entry] = collections.deque()
@@ -142,23 +150,92 @@ class Recorder:
         self._same_fail_n = 0
         self._stats: dict[str, Any] = {
             "written": 0, "failures": 0, "index_failures": 0, "pruned": 0,
-            "prune_failures": 0, "last_error": None, "last_write_ms": None,
+            "prune_failures": 0, "dropped": 0, "last_error": None, "last_write_ms": None,
         }
         self._setup()
 
     # ------------------------------------------------------------------ public API
     def record(self, record_id: str, images: Mapping[str, np.ndarray | None],
                meta: Mapping[str, Any]) -> str:
-        """Write one inspection; returns the record id used (folder name) or ``""`` on failure.
+        """Write one inspection now; returns the record id used (folder name) or ``""`` on failure.
 
         ``images``: arrays by name (``frame``, ``metric``, ``overlay``, …); only keys in ``save``
         are written, ``None`` values are skipped.  ``meta``: JSON-able metadata (verdict,
         defects, part_id, seq, ts, prompt, raw_answer, timings_ms, …); numpy values are converted.
         Never raises.
         """
-        t0 = time.perf_counter()
-        stage: Path | None = None
-        rid = ""
+        rid = self._reserve(record_id)
+        if not rid:
+            return ""
+        return self._write(rid, record_id, images, meta)
+
+    def record_async(self, record_id: str, images: Mapping[str, np.ndarray | None],
+                     meta: Mapping[str, Any]) -> str:
+        """Queue one inspection for the writer thread; returns its (reserved) record id at once.
+
+        PNG encoding of a megapixel frame plus overlay takes tens of milliseconds: this keeps it
+        out of the inspection loop.  The arrays must not be modified after the call.  When
+        ``max_pending`` writes are already queued the record is dropped (counted in
+        ``stats["dropped"]``) and ``""`` is returned.  A write that fails later is counted in
+        ``stats["failures"]`` like a synchronous one.  Never raises.
+        """
+        try:
+            with self._lock:
+                if self._queue.qsize() >= self.max_pending:
+                    self._stats["dropped"] += 1
+                    self._fail(f"writer queue full ({self.max_pending}): record dropped")
+                    return ""
+                rid = self._reserve(record_id)
+                if not rid:
+                    return ""
+                if self._worker is None or not self._worker.is_alive():
+                    self._worker = threading.Thread(target=self._work, name="recorder",
+                                                    daemon=True)
+                    self._worker.start()
+                self._queue.put((rid, record_id, dict(images), dict(meta)))
+                return rid
+        except Exception as e:
+            self._stats["failures"] += 1
+            self._fail(f"record {record_id!r} could not be queued: {type(e).__name__}: {e}")
+            return ""
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until queued writes are done; False if ``timeout`` expired first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._queue.unfinished_tasks:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._idle.wait(left if left is not None else 0.5)
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish queued writes (up to ``timeout`` s) and stop the writer thread."""
+        worker = self._worker
+        if worker is not None and worker.is_alive():
+            self._queue.put(None)
+            worker.join(timeout)
+            if worker.is_alive():
+                log.error("recorder %s: writer did not finish within %.0f s", self.dir, timeout)
+        self._worker = None
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                self._write(*item)
+            except Exception:  # pragma: no cover - _write never raises
+                log.exception("recorder %s: writer error", self.dir)
+            finally:
+                self._queue.task_done()
+                with self._idle:
+                    self._idle.notify_all()
+
+    def _reserve(self, record_id: str) -> str:
+        """Pick and reserve a free, safe folder name; ``""`` (failure counted) if unusable."""
         try:
             with self._lock:
                 if not self._ready:
@@ -167,6 +244,20 @@ class Recorder:
                         raise OSError(self._stats["last_error"] or f"cannot use {self.dir}")
                 rid = self._unique_id(sanitize_record_id(record_id))
                 self._pending.add(rid)
+                return rid
+        except Exception as e:
+            with self._lock:
+                self._stats["failures"] += 1
+                self._fail(f"record {record_id!r} failed: {type(e).__name__}: {e}")
+            return ""
+
+    def _write(self, rid: str, record_id: str, images: Mapping[str, np.ndarray | None],
+               meta: Mapping[str, Any]) -> str:
+        """Write a reserved record: staging folder → rename → index line → prune if due."""
+        t0 = time.perf_counter()
+        stage: Path | None = None
+        try:
+            with self._lock:
                 self._stage_n += 1
                 stage = self.dir / STAGING_NAME / f"{os.getpid()}.{self._stage_n}.{rid}"
             os.mkdir(stage)
@@ -232,8 +323,7 @@ class Recorder:
             return rid
         except Exception as e:
             with self._lock:
-                if rid:
-                    self._pending.discard(rid)
+                self._pending.discard(rid)
                 if isinstance(e, FileNotFoundError) and not (self.dir / STAGING_NAME).is_dir():
                     self._ready = False  # folder removed under us: set up again next time
                 self._stats["failures"] += 1
@@ -256,6 +346,7 @@ class Recorder:
             out["bytes"] = self._total
             out["kept_longer"] = len(self._kept)
             out["dir"] = str(self.dir)
+            out["pending"] = self._queue.unfinished_tasks
             return out
 
     @property

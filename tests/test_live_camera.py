@@ -167,6 +167,11 @@ def test_stream_newest_frame_down_and_up_without_recreating(server, make_camera,
     assert time.time() - f1.ts < 0.25
     f2 = cam.read_latest(1.0)
     assert f2.ok and f2.seq > f1.seq and f2.ts > f1.ts
+    # trigger mode: a frame grabbed after the trigger instant
+    t_trig = time.time()
+    f_trig = cam.read_latest(1.0, after_ts=t_trig)
+    assert f_trig.ok and f_trig.ts >= t_trig and f_trig.seq > f2.seq
+    f2 = f_trig
     # nothing newer than what we just got right now → an error frame, not a repeat
     f3 = cam.read_latest(0.0)
     assert f3.image is None and f3.error.startswith("camera_down: no new frame")

@@ -276,3 +276,27 @@ def test_record_ids_are_sanitised(tmp_path, rid):
     assert out and "/" not in out and not out.startswith(".")
     assert (tmp_path / "rec" / out / "frame.png").is_file()
     assert rec.record(rid, {"frame": np.zeros((4, 4), np.uint8)}, {"verdict": "pass"}) != out
+
+
+def test_record_async_keeps_encoding_out_of_the_loop(tmp_path):
+    rng = np.random.default_rng(6)
+    d = tmp_path / "rec"
+    rec = Recorder(d, save=("frame", "overlay"), max_pending=2)
+    sent = []
+    for i in range(20):
+        imgs = {"frame": rng.integers(0, 256, (240, 320, 3), dtype=np.uint8),
+                "overlay": rng.integers(0, 256, (260, 340, 3), dtype=np.uint8)}
+        sent.append((rec.record_async(f"a{i:02d}", imgs, _meta(i, "pass")), imgs))
+    assert rec.flush(30)
+    rec.close()
+    s = rec.stats
+    ok = [(rid, imgs) for rid, imgs in sent if rid]
+    assert s["dropped"] == 20 - len(ok) and s["written"] == len(ok) and s["failures"] == 0
+    assert s["dropped"] >= 1 and s["pending"] == 0  # a bounded queue, not unbounded memory
+    frames = list(RecordingSource(d))
+    assert [f.meta["record_id"] for f in frames] == [rid for rid, _ in ok]  # ids given up front
+    assert all(np.array_equal(f.image, imgs["frame"]) for f, (_, imgs) in zip(frames, ok,
+                                                                               strict=True))
+    assert rec.record_async("late", {"frame": np.zeros((4, 4), np.uint8)}, {}) == "late"
+    rec.close()
+    assert (d / "late" / "frame.png").is_file()
