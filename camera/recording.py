@@ -142,8 +142,8 @@ class RecordingSource:
         ts = _ts_of(doc, entry)
         if not path.is_file():
             why = f"no {self.frame_key} image in the record"
-            if doc.get("verdict") == "error" and doc.get("reason"):
-                why += f" (recorded error: {doc['reason']})"
+            if meta.get("verdict") == "error" and meta.get("reason"):
+                why += f" (recorded error: {meta['reason']})"
             return bad(path, why)
         try:
             data = np.fromfile(path, dtype=np.uint8)
@@ -161,28 +161,43 @@ class RecordingSource:
         """Nothing to release."""
 
 
-def _meta_of(doc: dict[str, Any]) -> dict[str, Any]:
-    defects_raw = doc.get("defects") or []
-    addresses: list[str] = []
-    for d in defects_raw:
-        a = d.get("address") if isinstance(d, dict) else d
+RECORD_FIELDS = ("verdict", "reason", "part_id", "seq", "ts", "defects")
+
+
+def record_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    """The event fields of a record's meta: top-level keys, else those of a nested ``event``
+    (the daemon records ``{"event": <result event>, "prompt": …, "raw_answer": …}``)."""
+    event = doc.get("event") if isinstance(doc.get("event"), dict) else {}
+    return {k: doc[k] if k in doc else event.get(k) for k in RECORD_FIELDS}
+
+
+def defect_addresses(defects: Any) -> list[str]:
+    """Distinct addresses of ``defects`` given as dicts with ``address`` or as strings."""
+    out: list[str] = []
+    for d in defects or []:
+        a = d.get("address") if isinstance(d, dict) else getattr(d, "address", d)
         if a:
-            addresses.append(str(a))
+            out.append(str(a))
+    return list(dict.fromkeys(out))
+
+
+def _meta_of(doc: dict[str, Any]) -> dict[str, Any]:
+    f = record_fields(doc)
     return {
-        "part_id": doc.get("part_id"),
-        "label": doc.get("verdict"),
-        "verdict": doc.get("verdict"),
-        "reason": doc.get("reason"),
-        "defects": list(dict.fromkeys(addresses)),
-        "seq": doc.get("seq"),
-        "ts": doc.get("ts"),
+        "part_id": f["part_id"],
+        "label": f["verdict"],
+        "verdict": f["verdict"],
+        "reason": f["reason"],
+        "defects": defect_addresses(f["defects"]),
+        "seq": f["seq"],
+        "ts": f["ts"],
         "record": doc,
     }
 
 
 def _ts_of(doc: dict[str, Any], entry: dict[str, Any]) -> float:
     """Original capture time (epoch seconds): ``ts`` as a number or ISO string, else recorded_at."""
-    ts = doc.get("ts")
+    ts = record_fields(doc)["ts"]
     if isinstance(ts, (int, float)):
         return float(ts)
     if isinstance(ts, str):

@@ -46,6 +46,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from camera.recording import defect_addresses, record_fields
+
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "recording.jsonl"
@@ -297,12 +299,8 @@ class Recorder:
             stage = None
             if self.fsync:
                 _fsync_dir(self.dir)
-            verdict = str(doc.get("verdict", ""))
-            line = {
-                "id": rid, "t": round(now, 6), "verdict": verdict,
-                "part_id": doc.get("part_id"), "seq": doc.get("seq"), "ts": doc.get("ts"),
-                "defects": _addresses(doc.get("defects")), "bytes": nbytes, "files": files,
-            }
+            line = self._index_line(rid, now, nbytes, doc)
+            verdict = line["verdict"]
             with self._lock:
                 self._pending.discard(rid)
                 self._add(_Entry(rid, now, nbytes, verdict in self.keep_longer))
@@ -359,7 +357,29 @@ class Recorder:
         with self._lock:
             return sorted(self._entries, key=lambda r: self._entries[r].t)
 
+    @classmethod
+    def from_config(cls, config: Any) -> Recorder:
+        """Build from a ``StationConfig`` (its ``recording:`` section; days → seconds, the
+        folder resolved relative to the config file)."""
+        rec = config.recording
+        folder = config.resolve(rec.dir) if hasattr(config, "resolve") else Path(rec.dir)
+        kw: dict[str, Any] = {}
+        if getattr(rec, "save", None):
+            kw["save"] = tuple(rec.save)
+        return cls(folder, max_bytes=rec.max_bytes, max_age_s=rec.max_age_days * 86400.0,
+                   defect_max_age_s=rec.defect_max_age_days * 86400.0, **kw)
+
     # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _index_line(rid: str, t: float, nbytes: int, doc: Mapping[str, Any]) -> dict[str, Any]:
+        f = record_fields(dict(doc))
+        return {
+            "id": rid, "t": round(t, 6), "verdict": str(f["verdict"] or ""),
+            "part_id": f["part_id"], "seq": f["seq"], "ts": f["ts"],
+            "defects": defect_addresses(f["defects"]), "bytes": nbytes,
+            "files": doc.get("files", {}),
+        }
+
     def _fail(self, msg: str) -> None:
         self._stats["last_error"] = msg
         if msg != self._last_fail_msg:
@@ -427,7 +447,8 @@ class Recorder:
             except (OSError, ValueError) as e:
                 log.warning("recorder %s: skipping unreadable record %s: %s", self.dir, name, e)
                 continue
-            e_ = _Entry(name, t, nbytes, str(doc.get("verdict", "")) in self.keep_longer)
+            verdict = str(record_fields(doc)["verdict"] or "")
+            e_ = _Entry(name, t, nbytes, verdict in self.keep_longer)
             orphans.append((e_, doc))
             loaded.append(e_)
         loaded.sort(key=lambda e: e.t)
@@ -437,12 +458,8 @@ class Recorder:
             if needs_newline:  # a crash cut the last line: do not glue the next one to it
                 self._append_raw(b"\n")
             for e, doc in orphans:  # complete folders whose index line was never written
-                self._append_index(json.dumps({
-                    "id": e.rid, "t": e.t, "verdict": doc.get("verdict", ""),
-                    "part_id": doc.get("part_id"), "seq": doc.get("seq"), "ts": doc.get("ts"),
-                    "defects": _addresses(doc.get("defects")), "bytes": e.nbytes,
-                    "files": doc.get("files", {}),
-                }, default=json_default, ensure_ascii=False))
+                self._append_index(json.dumps(self._index_line(e.rid, e.t, e.nbytes, doc),
+                                              default=json_default, ensure_ascii=False))
             if orphans:
                 log.warning("recorder %s: re-indexed %d record(s) missing from the index",
                             self.dir, len(orphans))
@@ -575,18 +592,6 @@ class Recorder:
         os.replace(tmp, index)
         self._dead_lines = 0
         log.info("recorder %s: index compacted to %d line(s)", self.dir, kept)
-
-
-def _addresses(defects: Any) -> list[str]:
-    out: list[str] = []
-    for d in defects or []:
-        if isinstance(d, Mapping):
-            a = d.get("address")
-            if a:
-                out.append(str(a))
-        elif d:
-            out.append(str(getattr(d, "address", d)))
-    return list(dict.fromkeys(out))
 
 
 def _iso(t: float) -> str:

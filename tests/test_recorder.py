@@ -300,3 +300,30 @@ def test_record_async_keeps_encoding_out_of_the_loop(tmp_path):
     assert rec.record_async("late", {"frame": np.zeros((4, 4), np.uint8)}, {}) == "late"
     rec.close()
     assert (d / "late" / "frame.png").is_file()
+
+
+def test_daemon_meta_shape_and_from_config(tmp_path):
+    """The daemon records {"event": <result event>, "prompt", "raw_answer", "frame_meta"} and
+    builds the recorder from the station config's recording section."""
+    from station.config import RecordingSection, StationConfig
+
+    cfg = StationConfig(recipe="recipe.yaml", path=str(tmp_path / "station.yaml"),
+                        recording=RecordingSection(dir="rec", max_bytes=1e6, max_age_days=1,
+                                                   defect_max_age_days=3))
+    clock = Clock()
+    rec = Recorder.from_config(cfg)
+    assert rec.dir == tmp_path / "rec" and rec.max_bytes == 1_000_000
+    assert rec.max_age_s == 86400 and rec.defect_max_age_s == 3 * 86400
+    rec.clock = clock
+    rng = np.random.default_rng(7)
+    for i, verdict in enumerate(["pass", "defect"]):
+        event = {"schema": "inspection-station.event.v1", "seq": 100 + i, "part_id": f"A{i}",
+                 "ts": "2024-05-01T00:00:00.000Z", "verdict": verdict, "reason": None,
+                 "defects": [{"address": "X:7, Y:U"}] if verdict == "defect" else []}
+        rec.record(f"boot-{i:06d}", _images(rng), {"event": event, "prompt": "p",
+                                                    "raw_answer": None, "frame_meta": {"a": 1}})
+    clock.t += 2 * 86400
+    assert rec.prune() == 1 and rec.record_ids() == ["boot-000001"]  # the defect stayed
+    (f,) = list(RecordingSource(tmp_path / "rec"))
+    assert f.ok and f.meta["label"] == "defect" and f.meta["part_id"] == "A1"
+    assert f.meta["defects"] == ["X:7, Y:U"] and f.meta["seq"] == 101
