@@ -106,6 +106,12 @@ class LineSpec:
     board_seed: int = 7  # the board's texture: the same for every part of the line
 
     def __post_init__(self) -> None:
+        # lists from YAML/JSON would make the spec unhashable (it keys the board cache)
+        object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+        object.__setattr__(self, "columns", tuple(str(c) for c in self.columns))
+        object.__setattr__(self, "rows", tuple(str(r) for r in self.rows))
+        if self.pitch is not None:
+            object.__setattr__(self, "pitch", (int(self.pitch[0]), int(self.pitch[1])))
         w, h = self.size
         if w < 160 or h < 120:
             raise ValueError(f"LineSpec.size {self.size} too small (min 160×120)")
