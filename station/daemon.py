@@ -17,6 +17,7 @@ announced, the journal is flushed, exit 0.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import inspect as _inspect
 import json
 import logging
@@ -233,7 +234,7 @@ class StationDaemon:
         except ImportError:
             log.warning("recording enabled but station.recorder is not available")
             return None
-        return Recorder.from_config(self.config) if hasattr(Recorder, "from_config") else None
+        return Recorder.from_config(self.config)
 
     def _build_camera(self) -> Any:
         cam = self.config.camera
@@ -509,13 +510,20 @@ class StationDaemon:
             self._errors_in_row = 0
             if self._degraded:
                 self._set_degraded(False, "inspections succeed again")
-        if self.recorder is not None and record_id is not None and result is not None:
-            images = dict(getattr(result, "images", {}) or {})
+        if self.recorder is not None and record_id is not None:
+            images = dict(getattr(result, "images", None) or {})
+            if not images and frame.image is not None:
+                images = {"frame": frame.image}
             meta = {"event": event, "prompt": getattr(result, "prompt", None),
                     "raw_answer": getattr(result, "raw_answer", None),
                     "frame_meta": frame.meta}
+            # PNG encoding takes tens of ms: the recorder's writer thread does it, after the
+            # result is already on the wire.
+            write = getattr(self.recorder, "record_async", None) or self.recorder.record
             try:
-                self.recorder.record(record_id, images, meta)
+                used = write(record_id, images, meta)
+                if used and used != record_id:
+                    log.warning("recording %s stored as %s", record_id, used)
             except Exception:
                 log.exception("recording %s failed", record_id)
 
@@ -568,6 +576,10 @@ def serve(config: Any, inspector: Any | None = None, camera: Any | None = None, 
     ``inspector`` and ``camera`` may be pre-built (``station demo --serve``).  ``on_ready`` is
     called from a helper thread once the station is ready (the demo prints its endpoints).
     """
+    if not faulthandler.is_enabled():
+        # systemd's watchdog aborts a hung station with SIGABRT: dump every thread's stack to
+        # stderr (the journal) first, so the hang can be diagnosed.
+        faulthandler.enable()
     daemon = StationDaemon(config, inspector=inspector, camera=camera, recorder=recorder)
     if on_ready is not None:
         def _wait() -> None:
