@@ -72,6 +72,7 @@ class _Stages:
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
         self.aligner = recipe.make_aligner()
+        self.photometric = recipe.make_photometric()
         self.transform = recipe.make_transform()
         self.judge = MetricJudge(recipe.settings.thresholds)
         cells = recipe.settings.cells
@@ -187,17 +188,20 @@ class Inspector:
         t = time.perf_counter()
         if settings.align.enabled:
             al = st.aligner.align(image)
-            timings["align"] = (time.perf_counter() - t) * 1000
             if not al.ok or al.image is None:
+                timings["align"] = (time.perf_counter() - t) * 1000
                 return self._error(part_id, al.reason or "alignment_failed", t0, timings, images)
-            aligned, valid, align_score = al.image, al.valid, al.score
+            aligned = st.photometric.apply(al.image, al.valid)
+            valid, align_score = al.valid, al.score
+            timings["align"] = (time.perf_counter() - t) * 1000
         else:
             if image.shape[:2] != st.recipe.golden.shape[:2]:
                 h, w = st.recipe.golden.shape[:2]
                 return self._error(part_id, f"wrong_size: {image.shape[1]}x{image.shape[0]} "
                                    f"(golden {w}x{h}, alignment disabled)", t0, timings, images)
-            aligned, valid, align_score = image, None, 1.0
-            timings["align"] = 0.0
+            t = time.perf_counter()
+            aligned, valid, align_score = st.photometric.apply(image), None, 1.0
+            timings["align"] = (time.perf_counter() - t) * 1000
         images["aligned"] = aligned
 
         t = time.perf_counter()

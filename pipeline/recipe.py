@@ -23,7 +23,8 @@ import yaml
 from pipeline.align import Aligner
 from pipeline.grid import AddressGrid
 from pipeline.metric_judge import fit_thresholds
-from pipeline.nsoartc import NsoartcTransform, UnitSpace
+from pipeline.nsoartc import NsoartcTransform, UnitSpace, rt_features, synth_good_frames
+from pipeline.photometric import PhotometricNormalizer
 from station.errors import ConfigError
 from station.yamlconf import YamlDoc, build_dataclass, load_yaml
 
@@ -44,6 +45,8 @@ class AlignSettings:
     max_rotation_deg: float = 5.0
     scale: float = 0.5
     enabled: bool = True
+    # lighting drift removed after geometric alignment (pipeline.photometric)
+    photometric: Literal["none", "gain_offset", "plane"] = "gain_offset"
 
     def validate(self) -> None:
         if not -1.0 <= self.min_score <= 1.0:
@@ -72,11 +75,23 @@ class NsoartcSettings:
 
 @dataclass(frozen=True)
 class UnitSpaceSettings:
-    """How the unit space is built from good frames."""
+    """How the unit space is built from good frames, and how good frames are synthesised from
+    the golden when real ones are few (pipeline.nsoartc.synth_good_frames)."""
 
     synth: int = 24  # synthesised good frames added when fewer than min_real real ones
     min_real: int = 16
     seed: int = 0
+    shrink: float | None = None  # covariance shrinkage λ; default 2 / (M + 1)
+    shift: float = 0.5  # sub-pixel shift ± px
+    morph: int = 1  # edges eroded / dilated by this many px
+    morph_shape: Literal["cross", "rect"] = "cross"
+    gain: float = 0.03
+    noise: float = 2.0
+
+    def synth_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of synth_good_frames."""
+        return {"shift": self.shift, "morph": self.morph, "morph_shape": self.morph_shape,
+                "gain": self.gain, "noise": self.noise}
 
 
 @dataclass(frozen=True)
@@ -168,6 +183,10 @@ class Recipe:
             max_rotation_deg=a.max_rotation_deg,
             scale=a.scale,
         )
+
+    def make_photometric(self) -> PhotometricNormalizer:
+        """The lighting-drift normaliser for this recipe's golden."""
+        return PhotometricNormalizer(self.golden, self.settings.align.photometric)
 
     def make_transform(self) -> NsoartcTransform:
         """The NSOARTC transform for this recipe's golden and unit space."""
@@ -312,15 +331,16 @@ def build_recipe(
         max_rotation_deg=base.align.max_rotation_deg,
         scale=base.align.scale,
     )
+    photometric = PhotometricNormalizer(golden, base.align.photometric)
     aligned: list[tuple[np.ndarray, np.ndarray | None]] = []
     for f in good_frames:
         f = to_channels(f, channels)
         if not base.align.enabled:
-            aligned.append((f, None))
+            aligned.append((photometric.apply(f), None))
             continue
         a = aligner.align(f)
         if a.ok and a.image is not None:
-            aligned.append((a.image, a.valid))
+            aligned.append((photometric.apply(a.image, a.valid), a.valid))
         else:
             log.warning("good frame skipped: %s", a.reason)
     # hold out a third of the real frames for threshold calibration (in-sample scores are too low)
@@ -328,14 +348,15 @@ def build_recipe(
     fit_frames, cal_frames = aligned[n_cal:], aligned[:n_cal]
     us = base.unit_space
     n = base.nsoartc
-    unit_space = UnitSpace.from_frames(
-        golden,
-        [f for f, _ in fit_frames],
-        k=n.window,
-        stride=n.stride,
-        channels=channels,
-        synth=us.synth if len(fit_frames) < us.min_real else 0,
-        seed=us.seed,
+    n_synth = us.synth if len(fit_frames) < us.min_real else 0
+    fit_images = [f for f, _ in fit_frames]
+    synth_frames = synth_good_frames(golden, n=n_synth, seed=us.seed, **us.synth_kwargs())
+    fit_images += list(synth_frames) if n_synth else []
+    unit_space = UnitSpace.fit(
+        (rt_features(golden, f, k=n.window, stride=n.stride) for f in fit_images),
+        shrink=us.shrink,
+        meta={"k": n.window, "stride": n.stride, "channels": channels,
+              "real_frames": len(fit_frames), "synth_frames": n_synth},
     )
     transform = NsoartcTransform(golden, unit_space, k=n.window, stride=n.stride, channels=channels,
                                  d_vis=n.d_vis)
@@ -343,7 +364,8 @@ def build_recipe(
     cal_valid = [v for _, v in cal_frames]
     t = base.cells
     if len(cal_images) < t.calibration_synth // 2:
-        synth = UnitSpace.synthesize_frames(golden, t.calibration_synth, seed=us.seed + 1)
+        synth = list(synth_good_frames(golden, n=t.calibration_synth, seed=us.seed + 1,
+                                       **us.synth_kwargs()))
         cal_images += synth
         cal_valid += [None] * len(synth)
     q = 1.0 if t.statistic == "max" else t.quantile

@@ -17,10 +17,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pipeline.boxscore import score_flags_against_boxes
+
+from pipeline.boxscore import cells_overlapping_box, score_flags_against_boxes
 from pipeline.grid import AddressGrid
 from pipeline.overlay import draw_overlay
-
 from pipeline.verdicts import Verdict
 from station.replay_runner import PartOutcome
 
@@ -69,7 +69,7 @@ class ReportBuilder:
         self.ratios: dict[str, list[float]] = {"pass": [], "defect": []}
         self.address_checked = 0
         self.address_correct = 0
-        self.box = {"flagged": 0, "flagged_on_box": 0, "boxes": 0, "boxes_found": 0}
+        self.box = {"flagged": 0, "tp_cells": 0, "boxes": 0, "boxes_hit": 0}
         self.has_boxes = False
         self.vlm = {"parts": 0, "uncertain": 0, "errors": 0, "ms": []}
         self._misses: list[_Case] = []
@@ -121,10 +121,11 @@ class ReportBuilder:
 
     def _add_boxes(self, o: PartOutcome, flagged: set[str]) -> None:
         self.has_boxes = True
-        s = score_flags_against_boxes(flagged, self.grid, o.frame.meta["boxes"])
+        boxes = o.frame.meta["boxes"]
+        s = score_flags_against_boxes(flagged, self.grid, boxes)
         for k in self.box:
             self.box[k] += int(s[k])
-        truth = {c for c in self.grid.cells if c in s.get("positive_cells", set())}
+        truth = {c for b in boxes for c in cells_overlapping_box(self.grid, b)}
         for cell in self.grid.cells:
             pos, neg = cell in flagged, cell in truth
             self.cell_confusion[("t" if pos == neg else "f") + ("p" if pos else "n")] += 1
@@ -168,8 +169,8 @@ class ReportBuilder:
         }
         if self.has_boxes:
             b = self.box
-            precision = b["flagged_on_box"] / b["flagged"] if b["flagged"] else 0.0
-            recall = b["boxes_found"] / b["boxes"] if b["boxes"] else 0.0
+            precision = b["tp_cells"] / b["flagged"] if b["flagged"] else 0.0
+            recall = b["boxes_hit"] / b["boxes"] if b["boxes"] else 0.0
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
             out.update(cell_precision=round(precision, 4), box_recall=round(recall, 4),
                        f1=round(f1, 4), boxes=dict(b))
