@@ -1,0 +1,606 @@
+"""The VLM judge: scored (default) or generate mode, under a time budget, never raising per part.
+
+**Scored mode.**  The assistant turn is pre-filled up to ``- your judgement->`` (after the image
+type and pin count lines) and one forward pass gives the next-token distribution.  ``p_defect`` is
+the probability mass of the first tokens of ``defective`` (all its tokenisations: with and without
+a leading space, lower, capitalised, upper case) over that of ``defective`` plus ``passed``;
+tokens the two words share are left out.  ``p_defect >= threshold`` is a defect.  For a defect the
+answer is continued under constraint, reusing the KV cache (each step feeds only the new tokens):
+``defective\\n- defect mode->`` and a short greedy mode (at most ``mode_tokens``, or a choice among
+``defect_modes``), then ``\\n- defect position->X:`` and the column label chosen by the next-token
+logits restricted to the grid's column labels, then ``, Y:`` and the row label likewise — so the
+address is always a cell of the grid.  Multi-token labels are chosen token by token over the
+labels' token trie.  Should a model not accept a cache step, the step is recomputed from the full
+sequence (``details["kv_cache"]`` says which).
+
+**Generate mode.**  Greedy decoding of at most ``max_new_tokens``, read by
+:func:`pipeline.vlm.parser.parse_answer`; an answer it cannot read is ``uncertain`` with the raw
+text kept.
+
+**Time budget and failures.**  Inference runs on one worker thread.  :meth:`VlmJudge.judge` waits
+at most ``timeout_ms``; past that it returns verdict ``error`` with reason ``vlm_timeout`` and the
+station goes on.  A CUDA call cannot be interrupted, so the late inference runs to its end on the
+worker and its result is dropped; until it ends, every further part gets ``error`` /
+``vlm_busy`` at once instead of queueing behind it (no pile-up, no growing latency), and
+:attr:`VlmJudge.busy` is true (the daemon can report the model as degraded).  Out of GPU memory
+gives ``vlm_oom`` (the CUDA cache is emptied), anything else (a bad image, say)
+``vlm_failed: <type>: <message>``.  None of these is ever a pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.verdicts import Defect, JudgeResult, Verdict, make_address
+from pipeline.vlm.backends import LoadedModel, load_model
+from pipeline.vlm.parser import DEFECT, PASS, parse_answer
+from pipeline.vlm.prompts import Prompt, build_prompt, fit_image, to_tagged_messages
+from pipeline.vlm.settings import VlmSettings
+from station.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_END_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>", "<|end_of_text|>", "</s>")
+
+
+class _Session:
+    """One part's sequence on the model: feeds tokens, keeps the KV cache, returns next logits."""
+
+    def __init__(self, engine: _Engine, inputs: dict[str, Any]) -> None:
+        self.e = engine
+        self.inputs = inputs
+        self.ids: list[int] = inputs["input_ids"][0].tolist()
+        self.pending: list[int] = []
+        self.forwards = 0
+        self.use_cache = engine.kv_cache_ok
+        self.xmask = inputs.get("cross_attention_mask")  # mllama: extended with every new token
+        out = self.e.forward(dict(inputs), past=None)
+        self.past = out.past_key_values if self.use_cache else None
+        self.logits = out.logits[0, -1].float()
+        self.forwards = 1
+
+    def push(self, ids: Sequence[int]) -> None:
+        """Append tokens to the sequence (fed to the model when logits are next needed)."""
+        self.pending.extend(int(i) for i in ids)
+
+    def next_logits(self) -> Any:
+        """Logits for the token after everything pushed so far."""
+        if not self.pending:
+            return self.logits
+        new, self.pending = self.pending, []
+        self.ids.extend(new)
+        if self.xmask is not None:
+            last = self.xmask[:, -1:].expand(-1, len(new), -1, -1)
+            self.xmask = self.e.torch.cat([self.xmask, last], dim=1)
+        out = None
+        if self.use_cache:
+            try:
+                out = self.e.step(new, self.past, self.xmask)
+                self.past = out.past_key_values
+            except Exception as exc:  # a family that does not take cache steps: recompute
+                log.warning("vlm: KV-cache step failed (%s); recomputing instead", exc)
+                self.e.kv_cache_ok = False
+                self.use_cache, self.past, out = False, None, None
+        if out is None:
+            out = self.e.forward(self.e.extend_inputs(self.inputs, self.ids, self.xmask), past=None)
+        self.forwards += 1
+        self.logits = out.logits[0, -1].float()
+        return self.logits
+
+    def choose(self, candidates: list[list[int]]) -> tuple[int, float]:
+        """Constrained greedy choice among token sequences (a trie walk); (index, probability).
+
+        The probability is the product, over the steps where there was a choice, of the chosen
+        token's share of the softmax restricted to the allowed tokens.
+        """
+        torch = self.e.torch
+        alive = list(range(len(candidates)))
+        pos, prob = 0, 1.0
+        while True:
+            allowed = sorted({candidates[i][pos] for i in alive if pos < len(candidates[i])})
+            if len(allowed) == 1:
+                tok = allowed[0]
+            else:
+                logits = self.next_logits()
+                sub = logits[torch.tensor(allowed, device=logits.device)]
+                p = torch.softmax(sub, dim=0)
+                k = int(torch.argmax(p))
+                tok, prob = allowed[k], prob * float(p[k])
+            self.push([tok])
+            alive = [i for i in alive if pos < len(candidates[i]) and candidates[i][pos] == tok]
+            pos += 1
+            done = [i for i in alive if len(candidates[i]) == pos]
+            if done:
+                return done[0], prob
+
+
+class _Engine:
+    """Turns prompts into answers with one loaded model (used from one thread at a time)."""
+
+    def __init__(self, loaded: LoadedModel, settings: VlmSettings) -> None:
+        import torch
+
+        self.torch = torch
+        self.loaded = loaded
+        self.s = settings
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.tok = loaded.tokenizer
+        self.family = loaded.family
+        self.device = loaded.device
+        self.kv_cache_ok = True
+        self.logits_to_keep_ok = True
+        try:
+            self.float_dtype = next(
+                p.dtype
+                for p in self.model.parameters()
+                if p.is_floating_point() and p.dtype != torch.uint8
+            )
+        except StopIteration:
+            self.float_dtype = torch.float32
+        self.pass_ids, self.defect_ids = self._judgement_token_sets()
+        self.end_ids = self._end_ids()
+        self._label_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple] = {}
+        self._mode_cands = (
+            [self.ids(m.strip()) + self.ids("\n")[:1] for m in settings.defect_modes]
+            if settings.defect_modes
+            else None
+        )
+
+    # --- tokens --------------------------------------------------------------------------
+
+    def ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` with no special tokens added."""
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+    def _judgement_token_sets(self) -> tuple[list[int], list[int]]:
+        def first_tokens(word: str) -> set[int]:
+            out = set()
+            for w in {word, word.lower(), word.capitalize(), word.upper()}:
+                for v in (w, " " + w):
+                    t = self.ids(v)
+                    if t:
+                        out.add(t[0])
+            return out
+
+        p, d = first_tokens(self.s.pass_word), first_tokens(self.s.defect_word)
+        shared = p & d
+        p, d = p - shared, d - shared
+        if not p or not d:
+            raise ConfigError(
+                f"vlm: the tokenizer of {self.loaded.folder.weights_dir} gives "
+                f"{self.s.pass_word!r} and {self.s.defect_word!r} the same first token; "
+                "scored mode cannot tell them apart (use other words or mode: generate)"
+            )
+        return sorted(p), sorted(d)
+
+    def _end_ids(self) -> list[int]:
+        ends: set[int] = set()
+        eos = getattr(self.tok, "eos_token_id", None)
+        if isinstance(eos, int):
+            ends.add(eos)
+        gen = getattr(self.model, "generation_config", None)
+        g_eos = getattr(gen, "eos_token_id", None)
+        if isinstance(g_eos, int):
+            ends.add(g_eos)
+        elif isinstance(g_eos, list):
+            ends.update(int(x) for x in g_eos)
+        vocab = self.tok.get_vocab()
+        ends.update(vocab[t] for t in _END_TOKENS if t in vocab)
+        return sorted(ends)
+
+    def labels(self, columns: Sequence[str], rows: Sequence[str]) -> tuple:
+        """Token candidates for the grid's column and row labels (cached per grid)."""
+        key = (tuple(columns), tuple(rows))
+        if key not in self._label_cache:
+            col_end = self.ids(", Y:")
+            row_end = self.ids("\n")[:1]
+
+            def cands(labels: Sequence[str], end: list[int], what: str) -> list[list[int]]:
+                out = [self.ids(str(lab)) + end for lab in labels]
+                if len({tuple(c) for c in out}) != len(out):
+                    raise ValueError(f"two {what} labels tokenize the same: {list(labels)}")
+                return out
+
+            self._label_cache[key] = (
+                cands(columns, col_end[:1], "column"),
+                col_end[1:],
+                cands(rows, row_end, "row"),
+            )
+        return self._label_cache[key]
+
+    # --- model calls ---------------------------------------------------------------------
+
+    def encode(self, prompt: Prompt) -> dict[str, Any]:
+        """Processor inputs for a prompt (chat template, then the pre-fill), on the device."""
+        if self.family == "phi3_v":
+            msgs = to_tagged_messages(prompt.messages)
+            text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        else:
+            text = self.processor.apply_chat_template(
+                prompt.messages, add_generation_prompt=True, tokenize=False
+            )
+        text += prompt.prefill
+        inputs = self.processor(
+            images=prompt.images, text=text, add_special_tokens=False, return_tensors="pt"
+        )
+        out = {}
+        for k, v in inputs.items():
+            if hasattr(v, "to"):
+                v = v.to(self.device)
+                if v.is_floating_point():
+                    v = v.to(self.float_dtype)
+            out[k] = v
+        return out
+
+    def forward(self, inputs: dict[str, Any], past: Any) -> Any:
+        """One forward pass returning only the last position's logits where the model allows."""
+        kw = dict(inputs, use_cache=self.kv_cache_ok, past_key_values=past)
+        if self.logits_to_keep_ok:
+            try:
+                return self.model(**kw, logits_to_keep=1)
+            except TypeError as exc:
+                if "logits_to_keep" not in str(exc):
+                    raise
+                self.logits_to_keep_ok = False
+        return self.model(**kw)
+
+    def step(self, new: list[int], past: Any, xmask: Any) -> Any:
+        """Feed ``new`` tokens on top of the cache ``past``."""
+        kw: dict[str, Any] = {
+            "input_ids": self.torch.tensor([new], device=self.device),
+        }
+        if xmask is not None:
+            kw["cross_attention_mask"] = xmask
+        return self.forward(kw, past)
+
+    def extend_inputs(self, inputs: dict[str, Any], ids: list[int], xmask: Any) -> dict[str, Any]:
+        """The prompt's inputs with the sequence grown to ``ids`` (the no-cache fallback)."""
+        torch = self.torch
+        n0 = inputs["input_ids"].shape[1]
+        extra = len(ids) - n0
+        out = dict(inputs)
+        out["input_ids"] = torch.tensor([ids], device=self.device)
+        for k, v in inputs.items():
+            if k == "input_ids" or not hasattr(v, "shape") or v.dim() < 2 or v.shape[1] != n0:
+                continue
+            if k == "cross_attention_mask":
+                out[k] = xmask
+            elif k == "attention_mask":
+                out[k] = torch.cat([v, v.new_ones((v.shape[0], extra))], dim=1)
+            else:  # mm_token_type_ids, token_type_ids: text
+                pad = v.new_zeros((v.shape[0], extra, *v.shape[2:]))
+                out[k] = torch.cat([v, pad], dim=1)
+        return out
+
+    # --- modes ---------------------------------------------------------------------------
+
+    def scored(self, prompt: Prompt, columns: Sequence[str], rows: Sequence[str]) -> JudgeResult:
+        """Scored mode (see the module docstring)."""
+        torch = self.torch
+        s = self.s
+        inputs = self.encode(prompt)
+        n_in = int(inputs["input_ids"].shape[1])
+        sess = _Session(self, inputs)
+        probs = torch.softmax(sess.logits, dim=0)
+        p_pass = float(probs[self.pass_ids].sum())
+        p_def = float(probs[self.defect_ids].sum())
+        mass = p_pass + p_def
+        p_defect = p_def / mass if mass > 0 else 0.5
+        details: dict[str, Any] = {
+            "mode": "scored",
+            "p_defect": round(p_defect, 6),
+            "p_mass": round(mass, 6),
+            "threshold": s.threshold,
+        }
+        if p_defect < s.threshold:
+            details.update(
+                vlm_verdict=PASS,
+                address=None,
+                raw=prompt.prefill + s.pass_word,
+                forwards=sess.forwards,
+                kv_cache=sess.use_cache,
+                tokens_in=n_in,
+            )
+            return JudgeResult(judge="vlm", verdict=Verdict.PASS, details=details)
+
+        sess.push(self.ids(f"{s.defect_word}\n- defect mode->"))
+        if self._mode_cands:
+            k, mode_p = sess.choose(self._mode_cands)
+            mode: str | None = s.defect_modes[k].strip()
+            details["mode_p"] = round(mode_p, 6)
+        else:
+            mode = self._free_mode(sess)
+        col_cands, col_tail, row_cands = self.labels(columns, rows)
+        sess.push(self.ids("- defect position->X:"))
+        ci, col_p = sess.choose(col_cands)
+        sess.push(col_tail)
+        ri, row_p = sess.choose(row_cands)
+        col, row = str(columns[ci]), str(rows[ri])
+        address = make_address(col, row)
+        raw = (
+            f"{prompt.prefill}{s.defect_word}\n- defect mode->{mode or ''}\n"
+            f"- defect position->{address}"
+        )
+        details.update(
+            vlm_verdict=DEFECT,
+            address=address,
+            defect_mode=mode,
+            address_p=round(col_p * row_p, 6),
+            raw=raw,
+            forwards=sess.forwards,
+            kv_cache=sess.use_cache,
+            tokens_in=n_in,
+        )
+        defect = Defect(
+            address=address, column=col, row=row, score=round(p_defect, 6), mode=mode, judge="vlm"
+        )
+        return JudgeResult(judge="vlm", verdict=Verdict.DEFECT, defects=[defect], details=details)
+
+    def _free_mode(self, sess: _Session) -> str | None:
+        """Up to ``mode_tokens`` greedy tokens, to the end of the line; leaves "\\n" pushed."""
+        got: list[int] = []
+        tail = ""
+        for _ in range(self.s.mode_tokens):
+            tok = int(self.torch.argmax(sess.next_logits()))
+            if tok in self.end_ids:
+                break
+            piece = self.tok.decode([tok])
+            if "\n" in piece:  # the line ends inside this token: keep what precedes the newline
+                tail = piece.split("\n")[0]
+                break
+            got.append(tok)
+            sess.push([tok])
+        sess.push(self.ids(tail + "\n"))
+        mode = (self.tok.decode(got) + tail).replace("\ufffd", "")  # cut multi-byte characters
+        mode = mode.strip().strip("\"'`*").strip()
+        return mode or None
+
+    def generate(self, prompt: Prompt, columns: Sequence[str], rows: Sequence[str]) -> JudgeResult:
+        """Generate mode: greedy free text, then the tolerant parser."""
+        s = self.s
+        inputs = self.encode(prompt)
+        n_in = int(inputs["input_ids"].shape[1])
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=s.max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            use_cache=True,
+            eos_token_id=self.end_ids or None,
+            pad_token_id=self.end_ids[0] if self.end_ids else None,
+        )
+        new = out[0, n_in:].tolist()
+        raw = self.tok.decode(new, skip_special_tokens=False)
+        parsed = parse_answer(raw, columns, rows, pass_word=s.pass_word, defect_word=s.defect_word)
+        details: dict[str, Any] = {
+            "mode": "generate",
+            "vlm_verdict": parsed.judgement,
+            "p_defect": None,
+            "address": make_address(*parsed.positions[0]) if parsed.positions else None,
+            "defect_mode": parsed.mode,
+            "raw": raw,
+            "tokens_in": n_in,
+            "tokens_out": len(new),
+        }
+        if parsed.invalid_positions:
+            details["invalid_positions"] = parsed.invalid_positions
+        if parsed.inferred:
+            details["inferred"] = True
+        if parsed.judgement is None:
+            return JudgeResult(
+                judge="vlm",
+                verdict=Verdict.UNCERTAIN,
+                reason=f"vlm_unreadable: {parsed.problem}",
+                details=details,
+            )
+        if parsed.judgement == PASS:
+            return JudgeResult(judge="vlm", verdict=Verdict.PASS, details=details)
+        defects = [
+            Defect(address=make_address(c, r), column=c, row=r, mode=parsed.mode, judge="vlm")
+            for c, r in parsed.positions
+        ]
+        return JudgeResult(judge="vlm", verdict=Verdict.DEFECT, defects=defects, details=details)
+
+
+def _error(reason: str, **details: Any) -> JudgeResult:
+    return JudgeResult(judge="vlm", verdict=Verdict.ERROR, reason=reason, details=details)
+
+
+class _Worker(threading.Thread):
+    """One daemon thread that runs inference jobs (a hung CUDA call cannot block exit)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="vlm-worker", daemon=True)
+        self.jobs: queue.Queue[tuple[Future, Callable[[], Any]] | None] = queue.Queue()
+
+    def run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            fut, fn = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+
+class VlmJudge:
+    """The VLM judge of one station (see the module docstring for modes, budget and failures)."""
+
+    def __init__(
+        self,
+        settings: VlmSettings,
+        *,
+        loaded: LoadedModel | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        """Load the model (unless ``loaded`` is given) and warm it up; ConfigError on failure."""
+        self.settings = settings
+        self.loaded = loaded if loaded is not None else load_model(settings, cache_dir=cache_dir)
+        self._engine = _Engine(self.loaded, settings)
+        self._one_shot: Image.Image | None = None
+        if settings.one_shot:
+            path = Path(str(settings.one_shot_image)).expanduser()
+            try:
+                with Image.open(path) as im:
+                    self._one_shot = im.convert("RGB")
+            except OSError as exc:
+                raise ConfigError(f"vlm.one_shot_image: cannot read {path}: {exc}") from exc
+        self._lock = threading.Lock()
+        self._inflight: Future | None = None
+        self._worker = _Worker()
+        self._worker.start()
+        self.counters = {"parts": 0, "timeouts": 0, "busy": 0, "oom": 0, "failed": 0}
+        if settings.warmup:
+            self.warmup()
+
+    # --- public --------------------------------------------------------------------------
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """The model's description for events and reports (family, backend, 4-bit layers, …)."""
+        return {**self.loaded.info(), "mode": self.settings.mode}
+
+    @property
+    def busy(self) -> bool:
+        """True while an inference (possibly one that already timed out) is running."""
+        f = self._inflight
+        return f is not None and not f.done()
+
+    def prompt_text(
+        self, *, columns: Sequence[str], rows: Sequence[str], image_type: str | None = None
+    ) -> str:
+        """The final user turn's text for a part (what the recorder stores as the prompt)."""
+        from pipeline.vlm.prompts import instruction_text
+
+        it = (image_type or self.settings.image_type).upper()
+        return instruction_text(self.settings, image_type=it, columns=columns, rows=rows)
+
+    def judge(
+        self,
+        images: Sequence[Image.Image | np.ndarray],
+        *,
+        columns: Sequence[str],
+        rows: Sequence[str],
+        image_type: str | None = None,
+        timeout_ms: float | None = None,
+    ) -> JudgeResult:
+        """Judge one part within the time budget; never raises for a part's problem.
+
+        ``images``: ``[golden, test]`` (pair, separate), ``[stacked]`` or ``[test]`` (single),
+        already composed with the address overlay (PIL images or uint8 BGR/grey arrays).
+        ``columns``/``rows``: the grid's labels.  ``image_type``: ``DST`` or ``RAW`` (default:
+        the recipe's).  ``timeout_ms``: default ``vlm.timeout_ms``.
+        """
+        budget = float(timeout_ms if timeout_ms is not None else self.settings.timeout_ms)
+        t0 = time.perf_counter()
+        self.counters["parts"] += 1
+        with self._lock:
+            if self.busy:
+                self.counters["busy"] += 1
+                return _error("vlm_busy", ms=0.0, note="the previous inference is still running")
+            fut: Future = Future()
+            self._inflight = fut
+            self._worker.jobs.put((fut, lambda: self._run(images, columns, rows, image_type)))
+        try:
+            result: JudgeResult = fut.result(timeout=budget / 1000.0)
+        except FutureTimeout:
+            self.counters["timeouts"] += 1
+            ms = (time.perf_counter() - t0) * 1000.0
+            log.warning("vlm: inference over its budget of %.0f ms; result will be dropped", budget)
+            return _error("vlm_timeout", ms=round(ms, 1), timeout_ms=budget)
+        return result
+
+    def judge_now(
+        self,
+        images: Sequence[Image.Image | np.ndarray],
+        *,
+        columns: Sequence[str],
+        rows: Sequence[str],
+        image_type: str | None = None,
+    ) -> JudgeResult:
+        """Judge on the calling thread with no time budget (tools, benchmarks, warm-up)."""
+        return self._run(images, columns, rows, image_type)
+
+    def warmup(self) -> JudgeResult:
+        """One inference on a synthetic part (compiles, allocates); ConfigError if it fails."""
+        side = self.settings.max_image_side
+        img = Image.new("RGB", (side, side), (0, 0, 0))
+        imgs = [img] * self.settings.images_expected()
+        res = self.judge_now(imgs, columns=[str(i) for i in range(1, 10)], rows=["U", "C", "D"])
+        if res.verdict == Verdict.ERROR:
+            if res.reason == "vlm_oom":
+                raise ConfigError("vlm: out of GPU memory at the warm-up inference")
+            raise ConfigError(f"vlm: the warm-up inference failed: {res.reason}")
+        return res
+
+    def close(self) -> None:
+        """Stop the worker thread (waits briefly for a running inference)."""
+        self._worker.jobs.put(None)
+        self._worker.join(timeout=1.0)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _run(
+        self,
+        images: Sequence[Image.Image | np.ndarray],
+        columns: Sequence[str],
+        rows: Sequence[str],
+        image_type: str | None,
+    ) -> JudgeResult:
+        torch = self._engine.torch
+        t0 = time.perf_counter()
+        try:
+            if isinstance(images, (Image.Image, np.ndarray)):
+                raise ValueError("images must be a list of images")
+            prompt = build_prompt(
+                self.settings,
+                list(images),
+                image_type=image_type,
+                columns=[str(c) for c in columns],
+                rows=[str(r) for r in rows],
+                one_shot_image=self._one_shot,
+            )
+            with torch.inference_mode():
+                if self.settings.mode == "scored":
+                    res = self._engine.scored(
+                        prompt, [str(c) for c in columns], [str(r) for r in rows]
+                    )
+                else:
+                    res = self._engine.generate(
+                        prompt, [str(c) for c in columns], [str(r) for r in rows]
+                    )
+        except Exception as exc:
+            ms = round((time.perf_counter() - t0) * 1000.0, 1)
+            if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+                self.counters["oom"] += 1
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                log.error("vlm: out of memory: %s", exc)
+                return _error("vlm_oom", ms=ms)
+            self.counters["failed"] += 1
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            log.exception("vlm: inference failed")
+            return _error(f"vlm_failed: {type(exc).__name__}: {first}", ms=ms)
+        res.details["ms"] = round((time.perf_counter() - t0) * 1000.0, 1)
+        return res
+
+
+__all__ = ["VlmJudge", "fit_image"]

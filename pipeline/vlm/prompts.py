@@ -1,0 +1,180 @@
+"""Chat messages for each way of asking: pair (separate or stacked), single image, 1-shot.
+
+Messages use the generic multimodal chat format of transformers processors
+(``{"role": "user", "content": [{"type": "text", ...}, {"type": "image"}]}``); the images
+travel separately, in the order of their ``{"type": "image"}`` parts.  As in the source documents,
+the instruction text comes first, then the images.  Families whose chat template only takes
+string content with numbered image tags (Phi-3.5-vision) get :func:`to_tagged_messages`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.vlm.settings import VlmSettings, fill
+
+
+@dataclass
+class Prompt:
+    """One request to the model."""
+
+    messages: list[dict[str, Any]]
+    images: list[Image.Image]  # in the order they appear in ``messages``
+    instruction: str  # the user text of the final turn (for the recorder)
+    prefill: str  # the assistant turn's fixed beginning (scored mode); "" for generate
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def to_pil(image: Image.Image | np.ndarray) -> Image.Image:
+    """RGB PIL image from a PIL image or a pipeline array (uint8 grey or BGR, OpenCV order)."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"image array must be uint8, not {arr.dtype}")
+    if arr.ndim == 2:
+        return Image.fromarray(arr, "L").convert("RGB")
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return Image.fromarray(np.ascontiguousarray(arr[:, :, ::-1]), "RGB")  # BGR → RGB
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        return Image.fromarray(np.ascontiguousarray(arr[:, :, 2::-1]), "RGB")  # BGRA → RGB
+    raise ValueError(f"image array must be (H, W) or (H, W, 3), not {arr.shape}")
+
+
+def fit_image(image: Image.Image | np.ndarray, max_side: int) -> Image.Image:
+    """RGB image scaled down (never up) so that its longer side is at most ``max_side``."""
+    img = to_pil(image)
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ValueError(f"empty image ({w}×{h})")
+    scale = max_side / max(w, h)
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    return img
+
+
+def answer_prefix(settings: VlmSettings, image_type: str | None = None) -> str:
+    """The answer's first lines up to the judgement: what scored mode pre-fills."""
+    noun = settings.noun
+    return (
+        f"- image type->{settings.type_name(image_type)}\n"
+        f"- number of {noun}->{settings.pin_count} {noun}\n"
+        f"- your judgement->"
+    )
+
+
+def instruction_text(
+    settings: VlmSettings,
+    *,
+    image_type: str,
+    columns: Sequence[str],
+    rows: Sequence[str],
+) -> str:
+    """The final user turn's text: the mode's instruction plus the answer-format hint."""
+    p = settings.prompts
+    it = image_type.upper()
+    if settings.images == "single":
+        base = p.single
+    elif settings.composition == "stacked":
+        base = p.stacked_dst if it == "DST" else p.stacked_raw
+    else:
+        base = p.dst if it == "DST" else p.raw
+    values = {
+        "image_type": settings.type_name(it),
+        "noun": settings.noun,
+        "pin_count": settings.pin_count,
+        "columns": " ".join(columns),
+        "rows": " ".join(rows),
+    }
+    text = fill(base, **values)
+    if p.format_hint.strip():
+        text = text.rstrip() + "\n\n" + fill(p.format_hint, **values).strip()
+    return text
+
+
+def build_prompt(
+    settings: VlmSettings,
+    images: Sequence[Image.Image | np.ndarray],
+    *,
+    image_type: str | None = None,
+    columns: Sequence[str],
+    rows: Sequence[str],
+    one_shot_image: Image.Image | None = None,
+) -> Prompt:
+    """Messages and images for one part, in the recipe's mode.
+
+    ``images``: ``[golden, test]`` (pair, separate), ``[stacked]`` (pair, stacked) or ``[test]``
+    (single), already composed with the address overlay.  With ``settings.one_shot`` the source
+    documents' example turn comes first: the STAR instruction with ``one_shot_image`` and the
+    answer giving its address.
+    """
+    want = settings.images_expected()
+    if len(images) != want:
+        raise ValueError(
+            f"expected {want} image(s) for images={settings.images}, "
+            f"composition={settings.composition}; got {len(images)}"
+        )
+    it = (image_type or settings.image_type).upper()
+    if it not in settings.image_type_names:
+        raise ValueError(f"unknown image type {image_type!r}")
+    pics = [fit_image(im, settings.max_image_side) for im in images]
+    text = instruction_text(settings, image_type=it, columns=columns, rows=rows)
+    messages: list[dict[str, Any]] = []
+    all_images: list[Image.Image] = []
+    if settings.one_shot:
+        if one_shot_image is None:
+            raise ValueError("one_shot is on but no example image was given")
+        example = (
+            f"- image type->{settings.type_name(it)}\n"
+            f"- number of {settings.noun}->{settings.pin_count} {settings.noun}\n"
+            f"- defect position->{settings.one_shot_address}"
+        )
+        messages.append(
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": settings.prompts.star}, {"type": "image"}],
+            }
+        )
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": example}]})
+        all_images.append(fit_image(one_shot_image, settings.max_image_side))
+    messages.append(
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": text}] + [{"type": "image"}] * len(pics),
+        }
+    )
+    all_images += pics
+    prefill = answer_prefix(settings, it) if settings.mode == "scored" else ""
+    return Prompt(
+        messages=messages,
+        images=all_images,
+        instruction=text,
+        prefill=prefill,
+        meta={"image_type": it, "sizes": [im.size for im in all_images]},
+    )
+
+
+def to_tagged_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """String-content messages with ``<|image_N|>`` tags (Phi-3-vision style chat templates)."""
+    out = []
+    n = 0
+    for msg in messages:
+        content = msg["content"]
+        if isinstance(content, str):
+            out.append(dict(msg))
+            continue
+        tags, texts = [], []
+        for part in content:
+            if part.get("type") == "image":
+                n += 1
+                tags.append(f"<|image_{n}|>")
+            elif part.get("type") == "text":
+                texts.append(part["text"])
+        out.append({"role": msg["role"], "content": "\n".join(tags + texts)})
+    return out

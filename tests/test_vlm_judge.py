@@ -1,0 +1,484 @@
+"""The VLM judge with real tiny random 4-bit models (Llama-3.2-Vision and Qwen2-VL) on the CPU.
+
+The models are written from configs in code by ``pipeline.vlm.tiny`` (tokenizer, processor and
+all: nothing is downloaded) and loaded in 4 bit through transformers + bitsandbytes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.verdicts import Verdict
+from pipeline.vlm.parser import parse_answer
+from pipeline.vlm.prompts import build_prompt, fit_image, instruction_text, to_tagged_messages
+from pipeline.vlm.settings import INSTRUCTION_DST, VlmSettings, fill
+from station.errors import ConfigError
+
+COLS = [str(i) for i in range(1, 10)]
+ROWS = ["U", "C", "D"]
+CELLS = {f"X:{c}, Y:{r}" for c in COLS for r in ROWS}
+FAMILIES = ["qwen2_vl", "mllama"]
+pytestmark = pytest.mark.filterwarnings("ignore:`hidden_state` is deprecated:FutureWarning")
+
+
+# --- settings and prompts (no model) -------------------------------------------------------------
+
+
+def test_settings_defaults_are_the_seed_texts():
+    s = VlmSettings()
+    assert s.mode == "scored" and s.images == "pair" and s.composition == "separate"
+    assert s.max_image_side == 448 and s.threshold == 0.5 and not s.one_shot
+    assert s.prompts.dst.endswith("if you find a solid white circle, it is likely to be a defect.")
+    assert "solid white circle" not in s.prompts.raw
+    assert s.prompts.single.startswith("You are visual inspector who judges")
+    assert "red star" in s.prompts.star
+    assert s.type_name("DST") == "CYLN_DST" and s.type_name("raw") == "CYLN_RAW"
+
+
+def test_settings_from_dict_checks_keys_and_values():
+    s = VlmSettings.from_dict(
+        {"mode": "generate", "image_type": "raw", "prompts": {"dst": "x"}, "defect_modes": ["bent"]}
+    )
+    assert s.mode == "generate" and s.image_type == "RAW" and s.prompts.dst == "x"
+    assert s.prompts.raw.startswith("You are a visual inspector")
+    bad = [
+        ({"modes": "scored"}, "unknown key"),
+        ({"mode": "fast"}, "vlm.mode"),
+        ({"threshold": 1.5}, "vlm.threshold"),
+        ({"max_image_side": "big"}, "vlm.max_image_side"),
+        ({"prompts": {"dts": "x"}}, "vlm.prompts"),
+        ({"device": "gpu"}, "vlm.device"),
+        ({"one_shot": True}, "one_shot"),
+        ({"warmup": "yes"}, "vlm.warmup"),
+        ({"defect_modes": ["bent", "Bent"]}, "duplicates"),
+        ({"image_type_names": {"DST": "A"}}, "RAW"),
+    ]
+    for data, what in bad:
+        with pytest.raises(ValueError, match=what):
+            VlmSettings.from_dict(data)
+    assert VlmSettings.from_dict(VlmSettings().to_dict()) == VlmSettings()
+
+
+def test_fill_leaves_unknown_braces():
+    assert fill("{pin_count} {noun} {other}", pin_count=27, noun="pins") == "27 pins {other}"
+
+
+def _img(w=120, h=90, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def test_prompts_for_each_mode():
+    two = [_img(), _img(seed=1)]
+    s = VlmSettings()
+    p = build_prompt(s, two, columns=COLS, rows=ROWS)
+    assert len(p.messages) == 1 and len(p.images) == 2
+    parts = p.messages[0]["content"]
+    assert parts[0]["type"] == "text" and parts[0]["text"].startswith(INSTRUCTION_DST)
+    assert [x["type"] for x in parts[1:]] == ["image", "image"]
+    assert p.prefill == "- image type->CYLN_DST\n- number of pins->27 pins\n- your judgement->"
+    assert "1 2 3 4 5 6 7 8 9" in p.instruction and "U C D" in p.instruction
+
+    s = VlmSettings(image_type="RAW", mode="generate", pin_count=12, noun="studs")
+    p = build_prompt(s, two, columns=COLS, rows=ROWS)
+    assert p.prefill == "" and "solid white circle" not in p.instruction
+    assert "- number of studs->12 studs" in p.instruction
+
+    s = VlmSettings(composition="stacked")
+    p = build_prompt(s, [_img()], columns=COLS, rows=ROWS)
+    assert "top image" in p.instruction and len(p.images) == 1
+    s = VlmSettings(images="single")
+    s.prompts.format_hint = ""
+    p = build_prompt(s, [_img()], columns=COLS, rows=ROWS)
+    assert p.instruction == s.prompts.single
+    with pytest.raises(ValueError, match="expected 1 image"):
+        build_prompt(s, two, columns=COLS, rows=ROWS)
+
+
+def test_one_shot_prompt_has_the_example_turn():
+    s = VlmSettings(one_shot=True, one_shot_image="/x.png", one_shot_address="X:3, Y:C")
+    p = build_prompt(s, [_img(), _img()], columns=COLS, rows=ROWS, one_shot_image=_img(seed=5))
+    assert [m["role"] for m in p.messages] == ["user", "assistant", "user"]
+    assert p.messages[0]["content"][0]["text"] == s.prompts.star
+    assert p.messages[1]["content"][0]["text"].endswith("- defect position->X:3, Y:C")
+    assert len(p.images) == 3
+    tagged = to_tagged_messages(p.messages)
+    assert tagged[0]["content"].startswith("<|image_1|>\n")
+    assert tagged[2]["content"].startswith("<|image_2|>\n<|image_3|>\n")
+
+
+def test_fit_image_caps_the_size_and_reads_bgr():
+    assert fit_image(_img(1000, 500), 448).size == (448, 224)
+    assert fit_image(_img(100, 50), 448).size == (100, 50)
+    bgr = np.zeros((10, 20, 3), np.uint8)
+    bgr[..., 0] = 255  # blue in OpenCV order
+    assert fit_image(bgr, 448).getpixel((0, 0)) == (0, 0, 255)
+    assert fit_image(np.full((5, 5), 7, np.uint8), 448).getpixel((0, 0)) == (7, 7, 7)
+
+
+# --- tiny models -------------------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("bitsandbytes")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    from pipeline.vlm.tiny import write_tiny_model
+
+    root = tmp_path_factory.mktemp("vlm")
+    return {f: write_tiny_model(root / f, f) for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_dirs, cache_dir):
+    from pipeline.vlm.backends import load_model
+
+    return {
+        f: load_model(VlmSettings(model_dir=str(d)), cache_dir=cache_dir)
+        for f, d in tiny_dirs.items()
+    }
+
+
+def _judge(loaded, family, **kw):
+    from pipeline.vlm.judge import VlmJudge
+
+    kw.setdefault("max_image_side", 112)
+    kw.setdefault("warmup", False)
+    return VlmJudge(VlmSettings(model_dir="unused", **kw), loaded=loaded[family])
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.mark.vlm
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loads_in_4bit_offline(loaded, family):
+    import os
+
+    lm = loaded[family]
+    info = lm.info()
+    assert info["backend"] == "transformers" and info["device"] == "cpu"
+    assert info["family"] == family and info["compute_dtype"] == "float32"
+    assert 0 < lm.n_4bit <= lm.n_linear
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert os.environ["UNSLOTH_DISABLE_STATISTICS"] == "1"
+    assert os.environ["UNSLOTH_COMPILE_LOCATION"].endswith("unsloth_compiled_cache")
+    assert lm.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+
+
+@pytest.mark.vlm
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    ("images", "composition", "image_type", "n"),
+    [
+        ("pair", "separate", "DST", 2),
+        ("pair", "stacked", "RAW", 1),
+        ("single", "separate", "DST", 1),
+    ],
+)
+def test_scored_defect_always_has_a_valid_address(
+    loaded, family, images, composition, image_type, n
+):
+    # A threshold near 0 sends every part down the defect path (random weights say anything).
+    j = _judge(
+        loaded,
+        family,
+        images=images,
+        composition=composition,
+        image_type=image_type,
+        threshold=1e-6,
+    )
+    for seed in range(2):
+        r = j.judge(_images(n, seed), columns=COLS, rows=ROWS)
+        assert r.verdict == Verdict.DEFECT, r
+        d = r.details
+        assert d["mode"] == "scored" and 0.0 <= d["p_defect"] <= 1.0 and d["p_mass"] > 0
+        assert d["address"] in CELLS and len(r.defects) == 1
+        assert r.defects[0].address == d["address"] and r.defects[0].judge == "vlm"
+        assert d["kv_cache"] is True and d["forwards"] >= 3
+        prefix = f"- image type->CYLN_{image_type}\n- number of pins->27 pins\n"
+        assert d["raw"].startswith(prefix + "- your judgement->defective\n- defect mode->")
+        p = parse_answer(d["raw"], COLS, ROWS)  # the built answer honours the contract
+        assert p.judgement == "defect" and p.positions == [(r.defects[0].column, r.defects[0].row)]
+    j.close()
+
+
+@pytest.mark.vlm
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scored_pass_is_one_forward(loaded, family):
+    j = _judge(loaded, family, threshold=1 - 1e-9)
+    r = j.judge(_images(2), columns=COLS, rows=ROWS)
+    assert r.verdict == Verdict.PASS and r.defects == []
+    assert r.details["forwards"] == 1 and r.details["address"] is None
+    assert r.details["raw"].endswith("- your judgement->passed")
+    assert r.details["ms"] > 0
+    j.close()
+
+
+@pytest.mark.vlm
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scored_other_grids_and_mode_choices(loaded, family):
+    cols = [str(i) for i in range(1, 13)]  # "10".."12": multi-token labels for some tokenizers
+    rows = ["A", "B"]
+    modes = ["bent", "missing", "foreign matter"]
+    j = _judge(loaded, family, threshold=1e-6, defect_modes=modes)
+    for seed in range(3):
+        r = j.judge(_images(2, seed), columns=cols, rows=rows)
+        d = r.defects[0]
+        assert d.column in cols and d.row in rows and d.mode in modes
+        assert 0 < r.details["address_p"] <= 1 and 0 < r.details["mode_p"] <= 1
+    j.close()
+
+
+@pytest.mark.vlm
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_cache_steps_match_full_recompute(loaded, family):
+    j = _judge(loaded, family, threshold=1e-6)
+    imgs = _images(2, seed=7)
+    a = j.judge_now(imgs, columns=COLS, rows=ROWS)
+    j._engine.kv_cache_ok = False
+    try:
+        b = j.judge_now(imgs, columns=COLS, rows=ROWS)
+    finally:
+        j._engine.kv_cache_ok = True
+    assert a.details["kv_cache"] is True and b.details["kv_cache"] is False
+    assert a.details["raw"] == b.details["raw"]
+    assert a.details["address_p"] == pytest.approx(b.details["address_p"], rel=1e-3)
+    assert a.details["p_defect"] == pytest.approx(b.details["p_defect"], abs=1e-5)
+    j.close()
+
+
+@pytest.mark.vlm
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_mode(loaded, family):
+    j = _judge(loaded, family, mode="generate", max_new_tokens=12)
+    r = j.judge(_images(2), columns=COLS, rows=ROWS)
+    d = r.details
+    assert d["mode"] == "generate" and 0 < d["tokens_out"] <= 12 and isinstance(d["raw"], str)
+    # random weights: almost surely unreadable, which must be 'uncertain' with the text kept
+    assert r.verdict in (Verdict.UNCERTAIN, Verdict.PASS, Verdict.DEFECT)
+    if r.verdict == Verdict.UNCERTAIN:
+        assert r.reason.startswith("vlm_unreadable") and d["vlm_verdict"] is None
+    j.close()
+
+
+@pytest.mark.vlm
+def test_generate_mode_reads_the_answer(loaded, monkeypatch):
+    j = _judge(loaded, "qwen2_vl", mode="generate")
+    answer = (
+        "- your judgement->defective\n- defect mode->bent\n- defect position->X:4, Y:D<|im_end|>"
+    )
+    monkeypatch.setattr(j._engine.tok, "decode", lambda ids, **kw: answer)
+    r = j.judge(_images(2), columns=COLS, rows=ROWS)
+    assert r.verdict == Verdict.DEFECT and r.defects[0].address == "X:4, Y:D"
+    assert r.defects[0].mode == "bent" and r.details["raw"] == answer
+    j.close()
+
+
+@pytest.mark.vlm
+def test_warmup_and_one_shot(loaded, tmp_path):
+    star = tmp_path / "star.png"
+    _img(seed=3).save(star)
+    j = _judge(
+        loaded,
+        "mllama",
+        warmup=True,
+        one_shot=True,
+        one_shot_image=str(star),
+        one_shot_address="X:3, Y:C",
+        threshold=1e-6,
+    )
+    r = j.judge(_images(2), columns=COLS, rows=ROWS)
+    assert r.verdict == Verdict.DEFECT and r.details["address"] in CELLS
+    assert j.model_info["linear_4bit"] > 0 and j.model_info["mode"] == "scored"
+    assert "solid white circle" in j.prompt_text(columns=COLS, rows=ROWS)
+    j.close()
+    with pytest.raises(ConfigError, match="one_shot_image"):
+        _judge(
+            loaded,
+            "mllama",
+            one_shot=True,
+            one_shot_image=str(tmp_path / "nope.png"),
+            one_shot_address="X:1, Y:U",
+        )
+
+
+@pytest.mark.vlm
+def test_timeout_does_not_pile_up(loaded):
+    j = _judge(loaded, "qwen2_vl", timeout_ms=100)
+    release = threading.Event()
+    real = j._engine.scored
+
+    def hung(*a, **kw):
+        release.wait(10)
+        return real(*a, **kw)
+
+    j._engine.scored = hung
+    t0 = time.perf_counter()
+    r = j.judge(_images(2), columns=COLS, rows=ROWS)
+    assert r.verdict == Verdict.ERROR and r.reason == "vlm_timeout"
+    assert 0.09 < time.perf_counter() - t0 < 2.0
+    assert j.busy
+    t0 = time.perf_counter()
+    r = j.judge(_images(2), columns=COLS, rows=ROWS)  # at once, not queued behind the hung call
+    assert r.verdict == Verdict.ERROR and r.reason == "vlm_busy"
+    assert time.perf_counter() - t0 < 0.05
+    release.set()
+    deadline = time.time() + 10
+    while j.busy and time.time() < deadline:
+        time.sleep(0.01)
+    j._engine.scored = real
+    r = j.judge(_images(2), columns=COLS, rows=ROWS, timeout_ms=30000)
+    assert r.verdict in (Verdict.PASS, Verdict.DEFECT)
+    assert j.counters["timeouts"] == 1 and j.counters["busy"] == 1
+    j.close()
+
+
+@pytest.mark.vlm
+def test_failures_are_error_verdicts(loaded, monkeypatch):
+    j = _judge(loaded, "qwen2_vl")
+    r = j.judge(["not an image", "x"], columns=COLS, rows=ROWS)
+    assert r.verdict == Verdict.ERROR and r.reason.startswith("vlm_failed: ")
+    r = j.judge(_images(1), columns=COLS, rows=ROWS)
+    assert r.verdict == Verdict.ERROR and "expected 2 image" in r.reason
+    r = j.judge([np.zeros((0, 0, 3), np.uint8)] * 2, columns=COLS, rows=ROWS)
+    assert r.verdict == Verdict.ERROR and r.reason.startswith("vlm_failed: ")
+
+    def oom(*a, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(j._engine, "scored", oom)
+    r = j.judge(_images(2), columns=COLS, rows=ROWS)
+    assert r.verdict == Verdict.ERROR and r.reason == "vlm_oom"
+    monkeypatch.undo()
+    r = j.judge(_images(2), columns=COLS, rows=ROWS)
+    assert r.verdict in (Verdict.PASS, Verdict.DEFECT)  # the station goes on
+    j.close()
+
+
+# --- start-up errors -----------------------------------------------------------------------------
+
+
+def _load_error(cache_dir, **kw) -> str:
+    from pipeline.vlm.backends import load_model
+
+    with pytest.raises(ConfigError) as ei:
+        load_model(VlmSettings(**kw), cache_dir=cache_dir)
+    msg = str(ei.value)
+    assert "\n" not in msg and ei.value.exit_code == 78
+    return msg
+
+
+@pytest.mark.vlm
+def test_missing_folder(cache_dir, tmp_path):
+    assert "not found" in _load_error(cache_dir, model_dir=str(tmp_path / "nope"))
+    msg = _load_error(cache_dir, model_dir="unsloth/Qwen2-VL-2B-Instruct-bnb-4bit")
+    assert "local folder only" in msg
+    assert "not set" in _load_error(cache_dir)
+    assert "config.json" in _load_error(cache_dir, model_dir=str(tmp_path))
+
+
+@pytest.mark.vlm
+def test_corrupt_weights(cache_dir, tiny_dirs, tmp_path):
+    bad = tmp_path / "corrupt"
+    shutil.copytree(tiny_dirs["qwen2_vl"], bad)
+    w = bad / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    assert "corrupt or unreadable weights" in _load_error(cache_dir, model_dir=str(bad))
+    w.unlink()
+    assert "no weights" in _load_error(cache_dir, model_dir=str(bad))
+
+
+@pytest.mark.vlm
+def test_text_only_and_unsupported_models(cache_dir, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    text = tmp_path / "text"
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(text)
+    assert "text-only model" in _load_error(cache_dir, model_dir=str(text))
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({"model_type": "blip-2", "vision_config": {}}))
+    assert "unsupported model family 'blip-2'" in _load_error(cache_dir, model_dir=str(odd))
+    phi = tmp_path / "phi"
+    phi.mkdir()
+    (phi / "config.json").write_text(json.dumps({"model_type": "phi3_v", "img_processor": {}}))
+    (phi / "model.safetensors").write_bytes(b"")
+    assert "trust_remote_code" in _load_error(cache_dir, model_dir=str(phi))
+    msg = _load_error(cache_dir, model_dir=str(phi), trust_remote_code=True, backend="unsloth")
+    assert "unsloth cannot run Phi-3.5-vision" in msg
+
+
+@pytest.mark.vlm
+def test_unsloth_needs_a_gpu(cache_dir, tiny_dirs):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    msg = _load_error(cache_dir, model_dir=str(tiny_dirs["mllama"]), backend="unsloth")
+    assert "NVIDIA GPU" in msg
+
+
+@pytest.mark.vlm
+def test_lora_adapter_on_a_base_model(cache_dir, tiny_dirs, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForImageTextToText
+
+    from pipeline.vlm.backends import load_model
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_dirs["qwen2_vl"])
+    lora = peft.get_peft_model(
+        base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    adapter = tmp_path / "adapter"
+    lora.save_pretrained(adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert Path(cfg["base_model_name_or_path"]) == tiny_dirs["qwen2_vl"]
+    lm = load_model(VlmSettings(model_dir=str(adapter)), cache_dir=cache_dir)
+    assert lm.folder.adapter_dir == adapter.resolve() and lm.n_4bit > 0
+    assert lm.info()["adapter_dir"] == str(adapter.resolve())
+    from pipeline.vlm.judge import VlmJudge
+
+    j = VlmJudge(
+        VlmSettings(model_dir=str(adapter), max_image_side=112, warmup=False, threshold=1e-6),
+        loaded=lm,
+    )
+    r = j.judge(_images(2), columns=COLS, rows=ROWS)
+    assert r.verdict == Verdict.DEFECT and r.details["address"] in CELLS
+    j.close()
+    # an adapter whose base is not here
+    cfg["base_model_name_or_path"] = "someone/base-model"
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    assert "base model folder" in _load_error(cache_dir, model_dir=str(adapter))
+
+
+def test_instruction_text_single_with_hint():
+    s = VlmSettings(images="single")
+    t = instruction_text(s, image_type="DST", columns=COLS, rows=ROWS)
+    assert t.startswith(s.prompts.single) and "- your judgement->passed or defective" in t
