@@ -3,7 +3,8 @@
 ``any`` (default) is fail-safe: the part is rejected when either judge says defect or the VLM is
 uncertain, and it is an ``error`` when a judge that has a say could not judge.  ``both`` rejects
 only when both judges say defect: it lets a defect through whenever one judge misses it, so it is
-not fail-safe and is meant for trials.
+not fail-safe and is meant for trials.  Under every policy, a consulted judge that errs or is
+uncertain makes the part an ``error`` or a reject, never a ``pass``.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ def decide(
     if policy == "both":
         if errors:
             return (*_error(judges), defects)
-        if all(j.verdict in (Verdict.DEFECT, Verdict.UNCERTAIN) for j in judges):
-            reason = "uncertain" if uncertain else None
-            return Verdict.DEFECT, reason, defects
+        if uncertain:  # an unreadable judge is never a pass, whatever the other said
+            return Verdict.DEFECT, "; ".join(f"{j.judge}: uncertain" for j in uncertain), defects
+        if all(j.verdict is Verdict.DEFECT for j in judges):
+            return Verdict.DEFECT, None, defects
         return Verdict.PASS, None, []
 
     # any / metric / vlm: a defect found by a consulted judge rejects the part even if another
