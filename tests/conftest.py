@@ -1,0 +1,33 @@
+"""Shared fixtures: a small synthetic line and a recipe built from its good parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from camera.synthetic import LineSpec, write_line
+from pipeline.recipe import Recipe
+from station.cmd_demo import build_demo_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+DEEPPCB = REPO.parent / "shared" / "data" / "deeppcb"
+
+
+@pytest.fixture(scope="session")
+def line_spec() -> LineSpec:
+    """The demo's synthetic line at 640×480."""
+    return LineSpec()
+
+
+@pytest.fixture(scope="session")
+def synthetic_line(tmp_path_factory: pytest.TempPathFactory, line_spec: LineSpec) -> Path:
+    """A labelled line: 14 good + 7 defective parts (manifest.csv), seed 3."""
+    out = tmp_path_factory.mktemp("line")
+    return write_line(out, 14, 7, seed=3, spec=line_spec, n_train=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_recipe(tmp_path_factory: pytest.TempPathFactory, line_spec: LineSpec) -> Recipe:
+    """A recipe built from good parts exactly as the demo builds it (saved, then loaded)."""
+    return build_demo_recipe(tmp_path_factory.mktemp("recipe"), line_spec, seed=3, n_train=24)

@@ -1,0 +1,83 @@
+"""``station golden build``, ``replay`` and ``demo`` as a user runs them (real processes, files)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.recipe import Recipe
+
+
+def station(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "station.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_golden_build_then_replay_with_report(tmp_path: Path, synthetic_line: Path) -> None:
+    line = synthetic_line.parent
+    # good frames: the pass rows of the manifest (the CLI skips defect rows)
+    p = station("golden", "build", str(synthetic_line), "-o", str(tmp_path / "recipe"),
+                "--grid", str(line / "grid.json"))
+    assert p.returncode == 0, p.stderr
+    built = json.loads(p.stdout)
+    assert built["good_frames"] == 14 and built["skipped"] == 7
+    recipe = Recipe.load(tmp_path / "recipe")
+    assert recipe.short_hash == built["hash"]
+    assert len(recipe.settings.thresholds) == 27
+
+    # a folder replay with a corrupt PNG and an empty file among real frames
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rows = (line / "manifest.csv").read_text().splitlines()[1:6]
+    for i, row in enumerate(rows):
+        shutil.copy(line / row.split(",")[0], frames / f"f{i}_ok.png")
+    (frames / "f2_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    (frames / "f3_empty.png").write_bytes(b"")
+    p = station("replay", str(frames), "--recipe", str(tmp_path / "recipe"),
+                "--out", str(tmp_path / "out.jsonl"), "--report", str(tmp_path / "rep"))
+    assert p.returncode == 0, p.stderr
+    parts = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(parts) == 7
+    errors = [x for x in parts if x["verdict"] == "error"]
+    assert len(errors) == 2
+    assert all(x["reason"].startswith(("corrupt_frame", "unreadable")) for x in errors)
+    assert all(x["verdict"] in ("pass", "defect") for x in parts if x not in errors)
+
+    # the manifest replay: ground truth → confusion counts, and the Markdown report
+    p = station("replay", str(synthetic_line), "--recipe", str(tmp_path / "recipe"),
+                "--out", str(tmp_path / "m.jsonl"), "--report", str(tmp_path / "rep2"))
+    assert p.returncode == 0, p.stderr
+    rep = json.loads((tmp_path / "rep2" / "report.json").read_text())
+    assert rep["parts"] == 21 and rep["labelled"] == 21
+    assert set(rep["part_confusion"]) == {"tp", "fp", "tn", "fn"}
+    assert sum(rep["part_confusion"].values()) == 21
+    assert rep["part_confusion"]["fn"] == 0
+    assert sum(rep["cell_confusion"].values()) == 21 * 27
+    for stage in ("align", "nsoartc", "cells", "overlay", "total"):
+        assert set(rep["latency_ms"][stage]) >= {"p50", "p95", "p99"}
+    md = (tmp_path / "rep2" / "report.md").read_text()
+    assert "Score distribution" in md and "Latency" in md
+
+
+def test_replay_missing_source_is_one_line_error(tmp_path: Path, synthetic_recipe: Recipe) -> None:
+    p = station("replay", str(tmp_path / "nothing"), "--recipe", str(synthetic_recipe.folder))
+    assert p.returncode != 0
+    assert p.stderr.strip().count("\n") == 0 and "error" in p.stderr
+
+
+@pytest.mark.slow
+def test_demo_meets_its_numbers() -> None:
+    """Acceptance: 0 misses, false-reject rate ≤ 1 %, address accuracy ≥ 95 % (issue #2)."""
+    p = station("demo", "--json", "--quiet", timeout=600)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["parts"] >= 60
+    assert summary["misses"] == 0
+    assert summary["false_reject_rate"] <= 0.01
+    assert summary["address_accuracy"] >= 0.95
+    assert summary["errors"] == 0
