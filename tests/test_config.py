@@ -43,7 +43,8 @@ policy: metric
 
 @pytest.mark.parametrize(("body", "line", "message"), [
     ("mode: trigger\nfree_run: {rate_hz: fast}\n", 3, "expected a number"),
-    ("mode: trigger\ncamera:\n  source: 0\n  read_timout_s: 2\n", 5, "unknown key 'camera.read_timout_s'"),
+    ("mode: trigger\ncamera:\n  source: 0\n  read_timout_s: 2\n", 5,
+     "unknown key 'camera.read_timout_s'"),
     ("mode: sometimes\n", 2, "must be one of"),
     ("policy: majority\n", 2, "must be one of"),
     ("events:\n  pub: tcp://*:1\n  trigger: tcp://*:1\n", 2, "different endpoints"),
@@ -60,7 +61,7 @@ def test_errors_name_file_and_line(tmp_path: Path, recipe_dir: Path, body: str, 
 
 
 def test_missing_recipe_and_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="has no recipe.yaml"):
+    with pytest.raises(ConfigError, match=r"has no recipe\.yaml"):
         load_config(write(tmp_path / "s.yaml", "station: {id: a}\nrecipe: nowhere\n"))
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "absent.yaml")

@@ -21,7 +21,8 @@ def frame(image: np.ndarray | None, error: str | None = None) -> Frame:
     return Frame(image, seq=1, source_id="test", error=error)
 
 
-def test_good_part_passes_and_defect_is_addressed(inspector: Inspector, line_spec: LineSpec) -> None:
+def test_good_part_passes_and_defect_is_addressed(inspector: Inspector,
+                                                  line_spec: LineSpec) -> None:
     rng = np.random.default_rng(42)
     good = inspector.inspect(frame(make_part(line_spec, rng).image), part_id="g1")
     assert good.verdict is Verdict.PASS, good.judges["metric"].to_dict()
@@ -54,7 +55,8 @@ def test_unusable_frames_are_errors(inspector: Inspector, image, error, reason) 
 
 def test_unrelated_and_blank_images_fail_alignment(inspector: Inspector) -> None:
     rng = np.random.default_rng(0)
-    for img in (rng.integers(0, 256, (480, 640), dtype=np.uint8), np.full((480, 640), 128, np.uint8),
+    for img in (rng.integers(0, 256, (480, 640), dtype=np.uint8),
+                np.full((480, 640), 128, np.uint8),
                 rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)):
         r = inspector.inspect(frame(img))
         assert r.verdict is Verdict.ERROR
