@@ -137,6 +137,8 @@ def prepare_environment(cache_dir: str | Path | None = None) -> Path:
     os.environ["UNSLOTH_DISABLE_STATISTICS"] = "1"
     os.environ["UNSLOTH_COMPILE_LOCATION"] = str(compile_dir)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes' CPU backend warns at import that an optional kernel package is missing.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     import sys
 
     hub_constants = sys.modules.get("huggingface_hub.constants")

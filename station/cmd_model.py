@@ -1,0 +1,192 @@
+"""``station model``: ``check`` a local VLM folder, or write a ``tiny`` random one for smoke tests.
+
+``station model check DIR`` loads the folder exactly as the station does (offline, 4 bit, the
+configured backend) and prints its family, size, quantisation (4-bit layers), processor, chat
+template and the result and latency of a one-image smoke inference; a folder that cannot serve is
+a one-line error with exit code 78.
+
+``station model tiny DIR [--family mllama|qwen2_vl]`` writes a randomly initialised model of a
+supported family with a working tokenizer, processor and chat template, built in code (nothing is
+downloaded): a stand-in for a real model in smoke tests and demos.  Its answers are noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from station.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``model check`` and ``model tiny`` to the CLI."""
+    p = sub.add_parser("model", help="check a local VLM folder, or write a tiny random one")
+    msub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+
+    c = msub.add_parser("check", help="load a local model folder in 4 bit and run one inference")
+    c.add_argument("dir", help="model folder (or LoRA adapter folder)")
+    c.add_argument("--backend", choices=("auto", "unsloth", "transformers"), default="auto")
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    c.add_argument("--base", dest="base_model_dir", help="base model folder of a LoRA adapter")
+    c.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow the folder's own modelling code (Phi-3.5-vision)",
+    )
+    c.add_argument("--mode", choices=("scored", "generate"), default="scored")
+    c.add_argument("--max-image-side", type=int, default=448)
+    c.add_argument("--cache-dir", help="cache folder (Unsloth's compiled modules)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=run_check)
+
+    t = msub.add_parser("tiny", help="write a tiny randomly initialised VLM (offline)")
+    t.add_argument("dir", help="output folder (created; must be empty)")
+    t.add_argument("--family", choices=("mllama", "qwen2_vl"), default="qwen2_vl")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=run_tiny)
+
+    p.set_defaults(func=lambda args: _usage(p))
+
+
+def _usage(p: argparse.ArgumentParser) -> int:
+    p.print_help()
+    return 2
+
+
+def _disk_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+def check(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the folder, run the smoke inference; the report as a dict (ConfigError on failure)."""
+    try:
+        from pipeline.vlm.backends import load_model
+        from pipeline.vlm.judge import VlmJudge
+        from pipeline.vlm.settings import VlmSettings
+    except ImportError as exc:  # torch / transformers missing: the vlm extra is not installed
+        raise ConfigError(f"model check needs the VLM extra (torch, transformers): {exc}") from exc
+    settings = VlmSettings.from_dict(
+        {
+            "model_dir": args.dir,
+            "base_model_dir": args.base_model_dir,
+            "backend": args.backend,
+            "device": args.device,
+            "trust_remote_code": args.trust_remote_code,
+            "mode": args.mode,
+            "images": "single",
+            "max_image_side": args.max_image_side,
+            "warmup": False,
+            "require_4bit": False,  # reported below rather than refused
+        }
+    )
+    loaded = load_model(settings, cache_dir=args.cache_dir)
+    info = loaded.info()
+    processor = loaded.processor
+    template = getattr(processor, "chat_template", None) or getattr(
+        loaded.tokenizer, "chat_template", None
+    )
+    footprint = None
+    if hasattr(loaded.model, "get_memory_footprint"):
+        footprint = int(loaded.model.get_memory_footprint())
+    folder = loaded.folder
+    report: dict[str, Any] = {
+        "ok": True,
+        **info,
+        "disk_bytes": _disk_bytes(folder.weights_dir),
+        "memory_bytes": footprint,
+        "quantisation": {
+            "linear_4bit": loaded.n_4bit,
+            "linear_total": loaded.n_linear,
+            "prequantized": folder.prequantized,
+            "is_4bit": loaded.n_4bit > 0,
+        },
+        "processor": type(processor).__name__,
+        "image_processor": type(getattr(processor, "image_processor", None)).__name__,
+        "tokenizer_vocab": len(loaded.tokenizer),
+        "chat_template": bool(template),
+    }
+    judge = VlmJudge(settings, loaded=loaded)
+    try:
+        from PIL import Image, ImageDraw
+
+        side = args.max_image_side
+        img = Image.new("RGB", (side, side), (0, 0, 0))
+        ImageDraw.Draw(img).ellipse((side // 3, side // 3, side // 2, side // 2), fill=(255,) * 3)
+        columns, rows = [str(i) for i in range(1, 10)], ["U", "C", "D"]
+        t0 = time.perf_counter()
+        first = judge.judge_now([img], columns=columns, rows=rows)
+        first_ms = (time.perf_counter() - t0) * 1000
+        t0 = time.perf_counter()
+        res = judge.judge_now([img], columns=columns, rows=rows)
+        ms = (time.perf_counter() - t0) * 1000
+    finally:
+        judge.close()
+    report["smoke"] = {
+        "verdict": res.verdict.value,
+        "reason": res.reason,
+        "p_defect": res.details.get("p_defect"),
+        "address": res.details.get("address"),
+        "raw": res.details.get("raw"),
+        "first_ms": round(first_ms, 1),
+        "ms": round(ms, 1),
+    }
+    if first.verdict.value == "error" or res.verdict.value == "error":
+        report["ok"] = False
+    return report
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``station model check DIR``: 0 when the model serves, 78 (ConfigError) when it cannot."""
+    report = check(args)
+    if args.json:
+        print(json.dumps(report, default=str))
+    else:
+        q = report["quantisation"]
+        s = report["smoke"]
+        mb = report["memory_bytes"]
+        lines = [
+            f"model:        {report['name']} ({report['family']}) in {report['model_dir']}",
+            f"adapter:      {report['adapter_dir'] or '-'}",
+            f"backend:      {report['backend']} on {report['device']}, "
+            f"compute {report['compute_dtype']}, loaded in {report['load_s']} s",
+            f"size:         {report['disk_bytes'] / 1e6:.1f} MB on disk"
+            + (f", {mb / 1e6:.1f} MB in memory" if mb else ""),
+            f"quantisation: {q['linear_4bit']} of {q['linear_total']} linear layers in 4 bit"
+            + (f" (pre-quantized: {q['prequantized']})" if q["prequantized"] else ""),
+            f"processor:    {report['processor']} / {report['image_processor']}, "
+            f"vocabulary {report['tokenizer_vocab']}",
+            f"chat template: {'yes' if report['chat_template'] else 'NO'}",
+            f"smoke:        {s['verdict']}"
+            + (f" ({s['reason']})" if s["reason"] else "")
+            + (f", p_defect {s['p_defect']:.3f}" if s["p_defect"] is not None else "")
+            + (f", {s['address']}" if s["address"] else "")
+            + f", {s['ms']:.0f} ms (first {s['first_ms']:.0f} ms)",
+        ]
+        print("\n".join(lines))
+        if not q["is_4bit"]:
+            print(
+                "warning: no 4-bit layer: the station refuses this unless vlm.require_4bit: false",
+                file=sys.stderr,
+            )
+    if not report["ok"]:
+        raise ConfigError(f"model check: the smoke inference failed: {report['smoke']['reason']}")
+    return 0
+
+
+def run_tiny(args: argparse.Namespace) -> int:
+    """``station model tiny DIR``: write the model; print where and what."""
+    try:
+        from pipeline.vlm.tiny import write_tiny_model
+    except ImportError as exc:
+        raise ConfigError(f"model tiny needs the VLM extra (torch, transformers): {exc}") from exc
+    try:
+        out = write_tiny_model(args.dir, args.family, seed=args.seed)
+    except FileExistsError as exc:
+        raise ConfigError(f"model tiny: {exc}") from exc
+    info = json.loads((out / "station_tiny.json").read_text())
+    print(f"wrote a tiny random {args.family} model ({info['parameters']} parameters) to {out}")
+    return 0

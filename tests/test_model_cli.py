@@ -1,0 +1,59 @@
+"""``station model tiny`` and ``station model check`` (real tiny 4-bit models on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from station.cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore:`hidden_state` is deprecated:FutureWarning")
+
+
+def test_check_missing_folder_exits_78(tmp_path):
+    missing = tmp_path / "no-model"
+    p = subprocess.run(
+        [sys.executable, "-m", "station.cli", "model", "check", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 78
+    err = [line for line in p.stderr.splitlines() if "error" in line]
+    assert len(err) == 1 and "not found" in err[0] and str(missing) in err[0]
+
+
+def test_model_without_subcommand_prints_usage(capsys):
+    assert main(["model"]) == 2
+    assert "check" in capsys.readouterr().out
+
+
+@pytest.mark.vlm
+@pytest.mark.parametrize("family", ["qwen2_vl", "mllama"])
+def test_tiny_then_check(tmp_path, capsys, family):
+    pytest.importorskip("torch")
+    out = tmp_path / family
+    assert main(["model", "tiny", str(out), "--family", family]) == 0
+    assert f"tiny random {family} model" in capsys.readouterr().out
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "config.json").read_text())["model_type"] == family
+
+    assert main(["model", "check", str(out), "--json", "--max-image-side", "112"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["ok"] and report["family"] == family and report["backend"] == "transformers"
+    assert report["quantisation"]["is_4bit"] and report["quantisation"]["linear_4bit"] > 0
+    assert report["chat_template"] and report["processor"].endswith(("Processor", "ImageOnly"))
+    assert report["smoke"]["verdict"] in ("pass", "defect")
+    assert 0.0 <= report["smoke"]["p_defect"] <= 1.0
+
+    assert main(["model", "check", str(out), "--mode", "generate", "--max-image-side", "56"]) == 0
+    text = capsys.readouterr().out
+    assert "linear layers in 4 bit" in text and "chat template: yes" in text
+
+    # writing into a folder that is not empty is refused
+    assert main(["model", "tiny", str(out)]) == 78
+    assert "not empty" in capsys.readouterr().err
