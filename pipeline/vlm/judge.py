@@ -141,6 +141,7 @@ class _Engine:
         self.device = loaded.device
         self.kv_cache_ok = True
         self.logits_to_keep_ok = True
+        self._gen_config: Any = None
         try:
             self.float_dtype = next(
                 p.dtype
@@ -367,22 +368,37 @@ class _Engine:
         mode = mode.strip().strip("\"'`*").strip()
         return mode or None
 
+    def _greedy_config(self) -> Any:
+        """The model's generation config set to greedy decoding (no sampling flags left over)."""
+        if self._gen_config is None:
+            import copy
+
+            from transformers import GenerationConfig
+
+            base = getattr(self.model, "generation_config", None)
+            gc = copy.deepcopy(base) if base is not None else GenerationConfig()
+            gc.do_sample = False
+            gc.num_beams = 1
+            # neutral values: a checkpoint's sampling settings would only raise warnings
+            gc.temperature, gc.top_p, gc.top_k = 1.0, 1.0, 50
+            if hasattr(gc, "min_p"):
+                gc.min_p = None
+            gc.max_new_tokens = self.s.max_new_tokens
+            gc.max_length = None
+            gc.use_cache = True
+            if self.end_ids:
+                gc.eos_token_id = list(self.end_ids)
+                if gc.pad_token_id is None:
+                    gc.pad_token_id = self.end_ids[0]
+            self._gen_config = gc
+        return self._gen_config
+
     def generate(self, prompt: Prompt, columns: Sequence[str], rows: Sequence[str]) -> JudgeResult:
         """Generate mode: greedy free text, then the tolerant parser."""
         s = self.s
         inputs = self.encode(prompt)
         n_in = int(inputs["input_ids"].shape[1])
-        out = self.model.generate(
-            **inputs,
-            max_new_tokens=s.max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            use_cache=True,
-            eos_token_id=self.end_ids or None,
-            pad_token_id=self.end_ids[0] if self.end_ids else None,
-        )
+        out = self.model.generate(**inputs, generation_config=self._greedy_config())
         new = out[0, n_in:].tolist()
         raw = self.tok.decode(new, skip_special_tokens=False)
         parsed = parse_answer(raw, columns, rows, pass_word=s.pass_word, defect_word=s.defect_word)
