@@ -307,7 +307,7 @@ def main() -> int:
                     "--model-dir",
                     str(folder),
                     *common,
-                ],  # fmt: skip
+                ],
                 timeout=max(30.0, left()),
                 log=args.log,
             )
