@@ -143,7 +143,8 @@ class StationProcess:
                  env: dict[str, str] | None = None, log: str | Path | None = None) -> None:
         self.config = Path(config)
         self.state_dir = Path(state_dir)
-        self.env = {**os.environ, "PYTHONPATH": str(_ROOT), **(env or {})}
+        path = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH")) if p)
+        self.env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         self.log_path = Path(log) if log else self.state_dir.parent / "station.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoints: dict[str, Any] = {}
@@ -486,7 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", type=int, default=200)
     ap.add_argument("--no-fsync", action="store_true")
     a = ap.parse_args(argv)
-    out = {"pubsub": bench_pubsub(a.events, rate_hz=a.rate, fsync=not a.no_fsync)}
+    out: dict[str, Any] = {}
+    if a.events > 0:
+        out["pubsub"] = bench_pubsub(a.events, rate_hz=a.rate, fsync=not a.no_fsync)
+        print(json.dumps({"pubsub": out["pubsub"]}), file=sys.stderr, flush=True)
     if a.parts > 0:
         out["trigger"] = bench_trigger(a.parts)
     print(json.dumps(out, indent=1))

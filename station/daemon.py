@@ -200,8 +200,7 @@ class StationDaemon:
             params = _inspect.signature(self.camera.read_latest).parameters
             self._read_accepts_after = "after_ts" in params
         self.camera.start()
-        if self._camera_up is None:  # no callback yet (e.g. the camera is still opening)
-            self._poll_camera_health(force=True)
+        self._await_camera(float(getattr(cfg.camera, "open_timeout_s", 5.0)))
 
         with self.publisher.lock:
             self._running = True
@@ -311,6 +310,20 @@ class StationDaemon:
             if up is not self._camera_up:
                 reason = getattr(cam, "reason", None) or ("frames flowing" if up else "camera down")
                 self._on_camera_health(up, str(reason))
+
+    def _await_camera(self, timeout: float) -> None:
+        """Give the camera its open timeout to deliver a first frame before announcing ready,
+        so a normal start is not reported as camera_down → camera_up."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while self._camera_up is None and time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                if self.camera.healthy:
+                    break
+            except Exception:
+                break
+            time.sleep(0.02)
+        if self._camera_up is None:  # no callback (pre-built camera) or still nothing: poll
+            self._poll_camera_health(force=True)
 
     def _set_degraded(self, degraded: bool, reason: str | None) -> None:
         pub = self.publisher

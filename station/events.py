@@ -157,10 +157,11 @@ class EventPublisher:
             for k, v in body.items():
                 if k not in event:
                     event[k] = v
-            text = dumps(event)
+            clean = to_jsonable(event)
+            text = json.dumps(clean, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
             self.journal.append(seq, topic, text)
             self._emit(topic, text)
-            return json.loads(text)
+            return clean
 
     def publish_result(self, payload: Mapping[str, Any], *, frame: str | None = None,
                        veto: Callable[[], str | None] | None = None) -> dict[str, Any]:
@@ -205,9 +206,10 @@ class EventPublisher:
             event = self._header(None)
             event["last_seq"] = self.journal.last_seq
             event.update({k: v for k, v in body.items() if k not in event})
-            text = dumps(event)
+            clean = to_jsonable(event)
+            text = json.dumps(clean, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
             self._emit(TOPIC_HEARTBEAT, text)
-            return json.loads(text)
+            return clean
 
 
 def catchup_reply(entries: list[Entry], *, seq: int, more: bool, oldest: int | None) -> bytes:
