@@ -300,7 +300,7 @@ class StationDaemon:
         Read under the publish lock, so a poll cannot overtake a newer transition.
         """
         cam, pub = self.camera, self.publisher
-        if cam is None or pub is None or not (self._poll_health or force):
+        if cam is None or pub is None or not (force or (self._poll_health and self._running)):
             return
         with pub.lock:
             try:

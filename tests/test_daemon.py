@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from camera.synthetic import SyntheticCamera
+from camera.synthetic import LineSpec, SyntheticCamera
 from pipeline.inspector import Inspector
 from pipeline.recipe import Recipe
 from station.bench_events import (
@@ -219,8 +219,9 @@ def test_sigterm_finishes_parts_announces_stopping_and_exits_0_with_sd_notify(
     listener.start()
     time.sleep(0.1)
     state = tmp_path / "state"
+    rec_dir = tmp_path / "recordings"
     cfg = write_config(tmp_path / "station.yaml", recipe=recipe, state_dir=state, camera=frames,
-                       fps=60, loop=True)
+                       fps=60, loop=True, recording_dir=rec_dir)
     env = {"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "1000000"}
     try:
         with StationProcess(cfg, state, env=env) as st, StationClient(st.endpoints) as c:
@@ -248,6 +249,14 @@ def test_sigterm_finishes_parts_announces_stopping_and_exits_0_with_sd_notify(
             results[p]["reason"] == "station_stopping")
     assert entries[-1][1] == "insp.status" and entries[-1][2]["state"] == "stopping"
     assert entries[-1][2]["reason"] == "SIGTERM"
+    # the recorder kept each inspected part under the id the event names in "frame"
+    recorded = [r for r in results.values() if r["reason"] != "station_stopping"]
+    assert recorded
+    for r in recorded:
+        folder = rec_dir / r["frame"]
+        assert (folder / "frame.png").is_file() and (folder / "overlay.png").is_file()
+        meta = json.loads((folder / "meta.json").read_text())
+        assert meta["event"]["seq"] == r["seq"] and meta["event"]["part_id"] == r["part_id"]
 
 
 def test_free_run_generates_part_ids_and_refuses_triggers(
@@ -341,6 +350,42 @@ def test_camera_outage_gives_errors_never_pass_and_recovers(tmp_path: Path, reci
     i_down = states.index(("insp.status", "camera_down", None))
     i_up = states.index(("insp.status", "camera_up", None))
     assert all(v != "pass" for _, _, v in states[i_down:i_up])
+
+
+def test_repeated_pipeline_errors_make_the_station_degraded_until_parts_pass(
+        tmp_path: Path, recipe: Path) -> None:
+    """Parts of another product (a 320×240 line against the 640×480 recipe) cannot be judged:
+    after 3 errors in a row the station says ``degraded``; the right product brings it back."""
+    cfg = write_config(tmp_path / "station.yaml", recipe=recipe, state_dir=tmp_path / "state")
+    cam = SyntheticCamera(LineSpec(size=(320, 240)), seed=3, p_good=1.0)
+    daemon, t, rc = _in_process(cfg, camera=cam)
+    try:
+        with StationClient(daemon.endpoints) as c:
+            c.wait_live()
+            _, wrong = run_triggers(c, [f"w-{i}" for i in range(3)], timeout=30)
+            assert [r["verdict"] for r in wrong] == ["error"] * 3
+            assert not any(r["reason"].startswith("camera_down") for r in wrong)
+            end = time.monotonic() + 5  # the status event follows the third error result
+            while (msg := c.recv(0.5)) is not None and time.monotonic() < end:
+                if msg[0] == "insp.status":
+                    break
+            assert msg is not None and msg[1]["state"] == "degraded"
+            st = c.status()
+            assert st["state"] == "degraded" and st["model"]["ok"] is False
+            cam.spec = LineSpec()  # the line is switched back to the recipe's product
+            _, right = run_triggers(c, [f"r-{i}" for i in range(2)], timeout=30)
+            assert all(r["verdict"] != "error" for r in right)
+            time.sleep(0.2)
+            assert c.status()["state"] == "ready"
+            events = c.catchup(0)
+    finally:
+        daemon.request_stop()
+        t.join(30)
+    assert rc == [0]
+    states = [(ev["state"], ev["reason"]) for tp, ev in events if tp == "insp.status"]
+    expected = ["starting", "camera_up", "ready", "degraded", "ready"]
+    assert [s_ for s_, _ in states] == expected, states
+    assert "3 errors in a row" in states[3][1]
 
 
 class _Gate:
