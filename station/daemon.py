@@ -149,7 +149,7 @@ class StationDaemon:
             self._start()
             self._loop()
             return 0
-        except StationError as exc:
+        except Exception as exc:
             self.exit_reason = f"error: {exc}"
             raise
         finally:
@@ -212,6 +212,8 @@ class StationDaemon:
         self._last_status = time.monotonic()
 
     def _build_inspector(self) -> Any:
+        """``pipeline.inspector.build_inspector(config)`` when it exists, else the same steps
+        replay takes: recipe, VLM stage from the recipe + ``vlm:`` overrides, policy."""
         try:
             from pipeline.inspector import build_inspector
         except ImportError:
@@ -220,9 +222,14 @@ class StationDaemon:
             return build_inspector(self.config)
         from pipeline.inspector import Inspector
         from pipeline.recipe import Recipe
+        from station.recipe_tools import build_vlm
 
-        recipe = Recipe.load(self.config.resolve(self.config.recipe))
-        return Inspector(recipe, policy=self.config.policy)
+        cfg = self.config
+        recipe = Recipe.load(cfg.resolve(cfg.recipe))
+        vlm = build_vlm(recipe, dict(cfg.vlm), cache_dir=cfg.resolve(cfg.station.cache_dir))
+        if vlm is None and cfg.policy in ("vlm", "both"):
+            raise ConfigError(f"policy {cfg.policy!r} needs the VLM judge (vlm.enabled: true)")
+        return Inspector(recipe, vlm=vlm, policy=cfg.policy)
 
     def _build_recorder(self) -> Any | None:
         rec = getattr(self.config, "recording", None)
@@ -607,3 +614,6 @@ def serve(config: Any, inspector: Any | None = None, camera: Any | None = None, 
     except StationError as exc:
         log.error("station %s: %s", daemon.station_id, exc)
         return exc.exit_code
+    except Exception:  # anything else at start-up: logged with its traceback, systemd restarts
+        log.exception("station %s failed", daemon.station_id)
+        return 1

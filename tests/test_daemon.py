@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -275,6 +277,24 @@ def test_free_run_generates_part_ids_and_refuses_triggers(
         assert reply == {"ok": False, "error": "not in trigger mode (mode is free_run)"}
         st.signal(signal.SIGTERM)
         assert st.wait(20) == 0
+
+
+def test_bad_recipe_exits_78_after_announcing_stopping(tmp_path: Path, frames: str) -> None:
+    """The config passes, the recipe folder does not load: exit 78 (systemd does not restart),
+    and subscribers were told: ``starting`` then ``stopping`` with the reason, both journaled."""
+    bad = tmp_path / "recipe"
+    bad.mkdir()
+    (bad / "recipe.yaml").write_text("name: broken\ngrid: [not, a, grid]\n")
+    state = tmp_path / "state"
+    cfg = write_config(tmp_path / "station.yaml", recipe=bad, state_dir=state, camera=frames)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "station.cli", "run", "-c", str(cfg)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 78, proc.stderr
+    states = [(ev["state"], ev["reason"]) for _, t, ev in journal_entries(state)
+              if t == "insp.status"]
+    assert [s_ for s_, _ in states] == ["starting", "stopping"]
+    assert states[1][1].startswith("error: ")
 
 
 # ---------------------------------------------------------------------------------- in-process
