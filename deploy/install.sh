@@ -17,6 +17,8 @@
 # --root DIR stages everything under DIR instead of / (packaging, tests): no user is created,
 # nothing is chowned, systemctl is not called.
 set -euo pipefail
+cleanup=()
+trap 'rm -rf "${cleanup[@]}"' EXIT
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROOT=""
@@ -117,8 +119,16 @@ if [ "$DO_VENV" = 1 ]; then
     log "venv $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
-  spec="$SRC"
-  [ -n "$EXTRAS" ] && spec="$SRC[$EXTRAS]"
+  # Build from a clean copy of what the package consists of: pip would otherwise write build/
+  # and *.egg-info into the source tree (which may be read-only, or someone's checkout).
+  pkg_src=$(mktemp -d)
+  cleanup+=("$pkg_src")
+  for f in pyproject.toml README.md LICENSE setup.cfg station camera pipeline; do
+    [ -e "$SRC/$f" ] && cp -r "$SRC/$f" "$pkg_src/"
+  done
+  find "$pkg_src" -name __pycache__ -prune -exec rm -rf {} +
+  spec="$pkg_src"
+  [ -n "$EXTRAS" ] && spec="$pkg_src[$EXTRAS]"
   pip_args=(--disable-pip-version-check --quiet)
   [ -n "$WHEELHOUSE" ] && pip_args+=(--no-index --find-links "$WHEELHOUSE")
   [ -f "$SRC/constraints.txt" ] && pip_args+=(-c "$SRC/constraints.txt")
@@ -147,7 +157,7 @@ fi
 # 5. systemd unit ------------------------------------------------------------------------------
 unit=$(r "/etc/systemd/system/$UNIT_NAME")
 tmp_unit=$(mktemp)
-trap 'rm -f "$tmp_unit"' EXIT
+cleanup+=("$tmp_unit")
 sed -e "s|/opt/inspection-station/venv|$PREFIX/venv|g" \
     -e "s|^User=inspection$|User=$SVC_USER|" -e "s|^Group=inspection$|Group=$SVC_USER|" \
     "$SRC/deploy/$UNIT_NAME" >"$tmp_unit"

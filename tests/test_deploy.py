@@ -163,3 +163,19 @@ def test_notify_without_systemd_and_foreign_watchdog_pid() -> None:
                       "WATCHDOG_PID": str(os.getpid() + 1)})
     assert other.watchdog_usec == 0  # the watchdog is meant for another process
     assert not other.ready()  # unreachable socket: False, no exception
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("STATION_TEST_INSTALL_VENV") != "1",
+                    reason="set STATION_TEST_INSTALL_VENV=1 (pip installs the package and its "
+                           "dependencies into a fresh venv: network or a pip cache needed)")
+def test_install_script_builds_a_working_venv(tmp_path: Path) -> None:
+    stage = tmp_path / "root"
+    for _ in range(2):  # the second run updates in place
+        proc = subprocess.run([str(INSTALL), "--root", str(stage)], capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr
+    station = stage / "opt/inspection-station/venv/bin/station"
+    out = subprocess.run([str(station), "--version"], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "station 0.1.0"
+    assert not (ROOT / "build").exists()  # nothing written into the source tree
