@@ -575,8 +575,12 @@ class StationDaemon:
             except Exception:
                 log.exception("camera close failed")
         if self.recorder is not None and hasattr(self.recorder, "close"):
-            with contextlib.suppress(Exception):
+            try:  # finish queued recordings, within systemd's TimeoutStopSec
+                self.recorder.close(timeout=10.0)
+            except TypeError:
                 self.recorder.close()
+            except Exception:
+                log.exception("recorder close failed")
         if self._pub is not None:
             self._pub.close(linger=1000)  # let the last events (stopping) leave
         if self.journal is not None:
