@@ -79,7 +79,9 @@ class EventsSection:
             ep = getattr(self, name)
             if "://" not in ep:
                 raise ValueError(f"{name}: {ep!r} is not a ZeroMQ endpoint (tcp://host:port, ipc://path)")
-        if len({self.pub, self.trigger, self.catchup}) != 3:
+        fixed = [ep for ep in (self.pub, self.trigger, self.catchup)
+                 if not ep.endswith((":0", ":*"))]  # ephemeral ports may repeat
+        if len(set(fixed)) != len(fixed):
             raise ValueError("pub, trigger and catchup must be different endpoints")
         if not 0.05 <= self.heartbeat_s <= 10:
             raise ValueError("heartbeat_s must be in [0.05, 10]")
