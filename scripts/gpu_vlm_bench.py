@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
 
 COLUMNS = [str(i) for i in range(1, 10)]
 ROWS = ["U", "C", "D"]
+MODES = ["bent", "missing", "foreign matter", "broken"]
 
 
 def pipeline_like_images(side: int = 448) -> list[Any]:
@@ -134,6 +135,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     modes = {
         "scored_pass": {"mode": "scored", "threshold": 1 - 1e-9},
         "scored_defect": {"mode": "scored", "threshold": 1e-9},
+        "scored_defect_modes": {"mode": "scored", "threshold": 1e-9, "defect_modes": MODES},
         "generate": {"mode": "generate"},
     }
     for name, extra in modes.items():
@@ -169,10 +171,90 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         else:
             entry["tokens_out"] = d.get("tokens_out")
         result["modes"][name] = entry
+    if args.experiments:
+        result["experiments"] = experiments(args, loaded, images)
     if cuda:
         result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         result["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
     return result
+
+
+class _CompileableQuantizer:
+    """A bitsandbytes quantizer that lets generate compile (transformers says it may not)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    is_compileable = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def experiments(args: argparse.Namespace, loaded: Any, images: list[Any]) -> dict[str, Any]:
+    """Raw ``model.generate`` variants on the same inputs: where does generate time go?
+
+    ``plain``: exactly ``max_new_tokens`` greedy tokens, dynamic cache (what generate mode does);
+    ``prefill``: one new token (the prompt's forward alone);
+    ``static_compiled``: static cache and ``torch.compile`` (CUDA graphs) for the decode steps.
+    """
+    import torch
+    from transformers import CompileConfig
+
+    from pipeline.vlm.judge import VlmJudge
+    from pipeline.vlm.prompts import build_prompt
+    from pipeline.vlm.settings import VlmSettings
+
+    settings = VlmSettings(
+        model_dir=str(args.model_dir), mode="generate", max_image_side=args.image_side, warmup=False
+    )
+    engine = VlmJudge(settings, loaded=loaded)._engine
+    prompt = build_prompt(settings, images, columns=COLUMNS, rows=ROWS)
+    inputs = engine.encode(prompt)
+    model = loaded.model
+    n = args.max_new_tokens
+    end = engine.end_ids[0] if engine.end_ids else None
+    base = {"do_sample": False, "pad_token_id": end}
+    variants: dict[str, dict[str, Any]] = {
+        "prefill": {"max_new_tokens": 1, "min_new_tokens": 1},
+        "plain": {"max_new_tokens": n, "min_new_tokens": n},
+        "static_compiled": {
+            "max_new_tokens": n,
+            "min_new_tokens": n,
+            "cache_implementation": "static",
+            "compile_config": CompileConfig(fullgraph=False, dynamic=False),
+        },
+    }
+    out: dict[str, Any] = {}
+    for name, kw in variants.items():
+        try:
+            if name == "static_compiled" and getattr(model, "hf_quantizer", None) is not None:
+                model.hf_quantizer = _CompileableQuantizer(model.hf_quantizer)
+            times: list[float] = []
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                for i in range(args.warm + 10):
+                    t1 = time.perf_counter()
+                    gen = model.generate(**inputs, **base, **kw)
+                    if args.device.startswith("cuda"):
+                        torch.cuda.synchronize()
+                    if i == 0:
+                        first = (time.perf_counter() - t1) * 1000
+                    if i >= args.warm:
+                        times.append((time.perf_counter() - t1) * 1000)
+            out[name] = {
+                "p50_ms": round(_pct(times, 0.5), 1),
+                "p95_ms": round(_pct(times, 0.95), 1),
+                "first_ms": round(first, 1),
+                "tokens_out": int(gen.shape[1] - inputs["input_ids"].shape[1]),
+                "wall_s": round(time.perf_counter() - t0, 1),
+            }
+        except Exception as exc:
+            out[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+    if "p50_ms" in out.get("plain", {}) and "p50_ms" in out.get("prefill", {}):
+        per_token = (out["plain"]["p50_ms"] - out["prefill"]["p50_ms"]) / max(1, n - 1)
+        out["decode_ms_per_token"] = round(per_token, 2)
+    return out
 
 
 def write_one(args: argparse.Namespace) -> dict[str, Any]:
@@ -229,6 +311,9 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/vlm-bench"))
     ap.add_argument("--budget-s", type=float, default=540, help="skip runs that would not fit")
     ap.add_argument("--keep", action="store_true", help="keep the written models")
+    ap.add_argument(
+        "--experiments", action="store_true", help="also time raw generate variants (see code)"
+    )
     ap.add_argument("--out", type=Path)
     ap.add_argument("--log", type=Path, help="append the child processes' output here")
     ap.add_argument("--_child", choices=("write", "run"), help=argparse.SUPPRESS)
@@ -274,6 +359,7 @@ def main() -> int:
         "--device", args.device, "--workdir", str(args.workdir), "--parts", str(args.parts),
         "--warm", str(args.warm), "--max-new-tokens", str(args.max_new_tokens),
         "--image-side", str(args.image_side),
+        *(["--experiments"] if args.experiments else []),
     ]  # fmt: skip
     for shape in [s for s in args.shapes.split(",") if s]:
         folder = args.workdir / f"qwen2_vl-{shape}"
