@@ -75,8 +75,7 @@ class _Stages:
         self.photometric = recipe.make_photometric()
         self.transform = recipe.make_transform()
         self.judge = MetricJudge(recipe.settings.thresholds)
-        cells = recipe.settings.cells
-        self.quantile = 1.0 if cells.statistic == "max" else cells.quantile
+        self.cell_scorer = recipe.make_cell_scorer()
         self._golden_metric: np.ndarray | None = None
 
     def golden_metric(self) -> np.ndarray:
@@ -209,7 +208,7 @@ class Inspector:
         timings["nsoartc"] = (time.perf_counter() - t) * 1000
 
         t = time.perf_counter()
-        scores = st.recipe.grid.cell_scores(d, valid, quantile=st.quantile)
+        scores = st.cell_scorer.attribute(d, st.cell_scorer(d), st.judge.thresholds)
         metric = st.judge.judge(scores)
         metric.details["align_score"] = round(float(align_score), 4)
         timings["cells"] = (time.perf_counter() - t) * 1000

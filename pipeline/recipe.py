@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from pipeline.align import Aligner
+from pipeline.cell_scoring import CellScorer
 from pipeline.grid import AddressGrid
 from pipeline.metric_judge import fit_thresholds
 from pipeline.nsoartc import NsoartcTransform, UnitSpace, rt_features, synth_good_frames
@@ -78,8 +79,7 @@ class UnitSpaceSettings:
     """How the unit space is built from good frames, and how good frames are synthesised from
     the golden when real ones are few (pipeline.nsoartc.synth_good_frames)."""
 
-    synth: int = 24  # synthesised good frames added when fewer than min_real real ones
-    min_real: int = 16
+    synth: int = 24  # frames synthesised from the golden, added to the real good frames
     seed: int = 0
     shrink: float | None = None  # covariance shrinkage λ; default 2 / (M + 1)
     shift: float = 0.5  # sub-pixel shift ± px
@@ -100,6 +100,7 @@ class ThresholdSettings:
 
     statistic: Literal["max", "quantile"] = "max"  # cell score = max of D, or a quantile
     quantile: float = 0.99
+    inset: int | None = None  # px of each cell's border left to its windows (default k // 2)
     margin: float = 1.3
     floor: float = 3.0
     calibration_synth: int = 16  # synthesised calibration frames when real ones are few
@@ -188,6 +189,10 @@ class Recipe:
         """The lighting-drift normaliser for this recipe's golden."""
         return PhotometricNormalizer(self.golden, self.settings.align.photometric)
 
+    def make_cell_scorer(self) -> CellScorer:
+        """The cell scorer of this recipe (grid, frame size, inset, statistic)."""
+        return _cell_scorer(self.grid, self.golden.shape[:2], self.settings)
+
     def make_transform(self) -> NsoartcTransform:
         """The NSOARTC transform for this recipe's golden and unit space."""
         n = self.settings.nsoartc
@@ -257,6 +262,14 @@ class Recipe:
         self.hash = _recipe_hash(folder)
         (folder / "recipe.sha256").write_text(self.hash + "\n")
         return folder
+
+
+def _cell_scorer(grid: AddressGrid, shape: tuple[int, int],
+                 settings: RecipeSettings) -> CellScorer:
+    c = settings.cells
+    inset = settings.nsoartc.window // 2 if c.inset is None else c.inset
+    return CellScorer(grid, shape, inset=inset,
+                      quantile=1.0 if c.statistic == "max" else c.quantile)
 
 
 def _check_grid_inside(grid: AddressGrid, shape: tuple[int, int], doc: YamlDoc) -> None:
@@ -348,10 +361,10 @@ def build_recipe(
     fit_frames, cal_frames = aligned[n_cal:], aligned[:n_cal]
     us = base.unit_space
     n = base.nsoartc
-    n_synth = us.synth if len(fit_frames) < us.min_real else 0
+    n_synth = us.synth
     fit_images = [f for f, _ in fit_frames]
     synth_frames = synth_good_frames(golden, n=n_synth, seed=us.seed, **us.synth_kwargs())
-    fit_images += list(synth_frames) if n_synth else []
+    fit_images += list(synth_frames)
     unit_space = UnitSpace.fit(
         (rt_features(golden, f, k=n.window, stride=n.stride) for f in fit_images),
         shrink=us.shrink,
@@ -368,11 +381,9 @@ def build_recipe(
                                        **us.synth_kwargs()))
         cal_images += synth
         cal_valid += [None] * len(synth)
-    q = 1.0 if t.statistic == "max" else t.quantile
-    good_scores = [
-        grid.cell_scores(transform.distance(img, valid), valid, quantile=q)
-        for img, valid in zip(cal_images, cal_valid, strict=True)
-    ]
+    scorer = _cell_scorer(grid, golden.shape[:2], base)
+    good_scores = [scorer(transform.distance(img, valid))
+                   for img, valid in zip(cal_images, cal_valid, strict=True)]
     thresholds = fit_thresholds(good_scores, margin=t.margin, floor=t.floor)
     built = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,0 +1,94 @@
+"""Cell scores: the largest distance ``D`` over the windows that lie inside each address cell.
+
+A window centred near a cell's edge also sees the neighbour's pixels, so a defect close to the
+edge would raise the neighbour's score too and the part would be reported at two addresses.
+Scoring each cell only over windows lying entirely inside it (the cell shrunk by ``inset`` =
+``k // 2`` pixels) removes that bleed without a blind spot: every pixel of the cell is still seen
+by some window of the cell.
+
+What a defect casts beyond its own cell (the shadow of a bent pin, a particle's halo) is handled by
+``attribute``: the pixels over their cell's threshold form blobs; each blob is one defect and
+belongs to the cell holding its D-weighted centroid; a cell's score then ignores the pixels of
+blobs that belong to another cell.  So a defect is reported at its own address, while a second
+defect next to it (its own blob) is still found.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pipeline.grid import AddressGrid
+
+
+def _mask(grid: AddressGrid, shape: tuple[int, int], inset: int) -> np.ndarray:
+    h, w = shape
+    mask = np.zeros((h, w), np.float32)
+    for x, y, cw, ch in grid.cells.values():
+        i = min(max(inset, 0), (cw - 1) // 2, (ch - 1) // 2)
+        mask[max(y + i, 0) : min(y + ch - i, h), max(x + i, 0) : min(x + cw - i, w)] = 1.0
+    return mask
+
+
+class CellScorer:
+    """Scores ``D`` maps of one frame size on one grid; masks and maps are built once."""
+
+    def __init__(self, grid: AddressGrid, shape: tuple[int, int], *, inset: int,
+                 quantile: float = 1.0) -> None:
+        self.grid = grid
+        self.quantile = quantile
+        self.shape = shape
+        self.interior = _mask(grid, shape, inset)
+        h, w = shape
+        self._cell_index = np.full((h, w), -1, np.int32)
+        self.addresses = list(grid.cells)
+        for i, (x, y, cw, ch) in enumerate(grid.cells.values()):
+            self._cell_index[max(y, 0) : min(y + ch, h), max(x, 0) : min(x + cw, w)] = i
+        self._thr_key: tuple[float, ...] | None = None
+        self._thr_map = np.empty((h, w), np.float32)
+
+    def __call__(self, d: np.ndarray) -> dict[str, float]:
+        """Score per cell (``D`` is 0 already where alignment left no valid pixels)."""
+        return self.grid.cell_scores(d * self.interior, quantile=self.quantile)
+
+    def _threshold_map(self, thresholds: dict[str, float]) -> np.ndarray:
+        key = tuple(thresholds[a] for a in self.addresses)
+        if key != self._thr_key:
+            lut = np.array([*key, np.inf], np.float32)  # index -1 (outside every cell) → ∞
+            self._thr_map[:] = lut[self._cell_index]
+            self._thr_key = key
+        return self._thr_map
+
+    def attribute(self, d: np.ndarray, scores: dict[str, float],
+                  thresholds: dict[str, float]) -> dict[str, float]:
+        """Scores with the pixels of defect blobs centred in another cell left out."""
+        if not any(s > thresholds[a] for a, s in scores.items()):
+            return scores
+        over = (d > self._threshold_map(thresholds)).astype(np.uint8)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(over, connectivity=8)
+        foreign = np.zeros(self.shape, np.float32)
+        changed = False
+        for k in range(1, n):
+            x, y, w, h, _area = stats[k]
+            sub_l = labels[y : y + h, x : x + w] == k
+            sub_d = np.where(sub_l, d[y : y + h, x : x + w], 0.0)
+            total = float(sub_d.sum())
+            if total <= 0:
+                continue
+            ys, xs = np.indices(sub_d.shape)
+            cx = x + float((sub_d * xs).sum()) / total
+            cy = y + float((sub_d * ys).sum()) / total
+            home = int(self._cell_index[min(round(cy), self.shape[0] - 1),
+                                        min(round(cx), self.shape[1] - 1)])
+            cells_hit = set(np.unique(self._cell_index[y : y + h, x : x + w][sub_l]).tolist())
+            cells_hit.discard(-1)
+            if home < 0 or cells_hit - {home}:
+                # pixels of this blob outside its home cell must not flag their cells
+                region = foreign[y : y + h, x : x + w]
+                outside = sub_l & (self._cell_index[y : y + h, x : x + w] != home)
+                region[outside] = 1.0
+                changed = True
+        if not changed:
+            return scores
+        cleaned = self.grid.cell_scores(d * self.interior * (1.0 - foreign), quantile=self.quantile)
+        return {a: min(s, cleaned[a]) for a, s in scores.items()}
