@@ -1,0 +1,91 @@
+"""The VLM judge inside the station: replay with a tiny 4-bit model, start-up errors of `run`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.recipe import Recipe
+from station.errors import EXIT_CONFIG
+
+pytest.importorskip("bitsandbytes", reason="the VLM extra is installed by tests/run.sh")
+
+
+def station(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "station.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "qwen2-vl-tiny"
+    p = station("model", "tiny", str(out))
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+@pytest.mark.vlm
+@pytest.mark.parametrize("mode", ["scored", "generate"])
+def test_replay_carries_the_vlm_verdict_for_every_part(tmp_path: Path, synthetic_line: Path,
+                                                       synthetic_recipe: Recipe, tiny_model: Path,
+                                                       mode: str) -> None:
+    cfg = tmp_path / "station.yaml"
+    cfg.write_text(
+        f"recipe: {synthetic_recipe.folder}\n"
+        f"vlm: {{enabled: true, backend: transformers, device: cpu, mode: {mode}, "
+        f"model_dir: {tiny_model}, max_new_tokens: 8, timeout_ms: 120000}}\n")
+    p = station("replay", str(synthetic_line), "-c", str(cfg), "--limit", "4",
+                "--out", str(tmp_path / "out.jsonl"))
+    assert p.returncode == 0, p.stderr
+    parts = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(parts) == 4
+    for part in parts:
+        vlm = part["judges"]["vlm"]
+        assert vlm["verdict"] in ("pass", "defect", "uncertain", "error")
+        assert part["model"] and "qwen2" in part["model"].lower()
+        if mode == "scored" and vlm["verdict"] != "error":
+            assert 0.0 <= vlm["p_defect"] <= 1.0
+        for d in vlm["defects"]:  # scored mode: always a cell of the grid
+            assert d["address"] in synthetic_recipe.grid.cells
+        # fail-safe policy any: a random model's defect/uncertain never becomes a pass
+        if vlm["verdict"] != "pass":
+            assert part["verdict"] != "pass"
+
+
+@pytest.mark.vlm
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "text_only"])
+def test_run_stops_with_exit_78_and_one_line(tmp_path: Path, synthetic_recipe: Recipe,
+                                             tiny_model: Path, problem: str) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    if problem == "missing":
+        expected = "not found"
+    else:
+        shutil.copytree(tiny_model, model)
+        if problem == "corrupt":
+            weights = next(model.glob("*.safetensors"))
+            weights.write_bytes(weights.read_bytes()[:200])
+            expected = "corrupt"
+        else:
+            conf = json.loads((model / "config.json").read_text())
+            conf = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
+                    **conf.get("text_config", {})}
+            (model / "config.json").write_text(json.dumps(conf))
+            expected = "text-only"
+    cfg = tmp_path / "station.yaml"
+    cfg.write_text(
+        f"recipe: {synthetic_recipe.folder}\n"
+        f"station: {{id: t, state_dir: {tmp_path / 'state'}}}\n"
+        f"camera: {{source: synthetic}}\n"
+        "events: {pub: 'tcp://127.0.0.1:0', trigger: 'tcp://127.0.0.1:0', "
+        "catchup: 'tcp://127.0.0.1:0'}\n"
+        f"vlm: {{enabled: true, backend: transformers, device: cpu, model_dir: {model}}}\n")
+    p = station("run", "-c", str(cfg), timeout=300)
+    assert p.returncode == EXIT_CONFIG, (p.returncode, p.stderr[-2000:])
+    last = p.stderr.strip().splitlines()[-1]
+    assert expected in last.lower(), last
