@@ -12,7 +12,9 @@ overlay):
 * ``scored_defect`` — scored mode, threshold just over 0: the defect path (mode ≤ 6 greedy tokens,
   then the constrained column and row, on the KV cache);
 * ``generate``      — greedy generate, ≤ 48 new tokens (random weights seldom stop early, so this is
-  close to the worst case).
+  close to the worst case);
+* ``generate_compiled`` — the same with ``compile_generate: true`` (transformers backend: static
+  KV cache, decode step compiled with CUDA graphs).
 
 Prints one JSON line (also written to ``--out``) with p50/p95/mean per mode, load time, 4-bit layer
 counts and peak GPU memory.  Random weights say nothing about accuracy, only about cost.
@@ -137,7 +139,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "scored_defect": {"mode": "scored", "threshold": 1e-9},
         "scored_defect_modes": {"mode": "scored", "threshold": 1e-9, "defect_modes": MODES},
         "generate": {"mode": "generate"},
+        "generate_compiled": {"mode": "generate", "compile_generate": True},
     }
+    if args.backend != "transformers":
+        del modes["generate_compiled"]  # transformers backend only (see VlmSettings)
     for name, extra in modes.items():
         judge = VlmJudge(VlmSettings.from_dict({**base, **extra}), loaded=loaded)
         t0 = time.perf_counter()

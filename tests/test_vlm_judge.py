@@ -283,6 +283,22 @@ def test_generate_mode(loaded, family):
 
 
 @pytest.mark.vlm
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compile_generate_static_cache_gives_the_same_answer(loaded, family):
+    # On a CPU transformers does not compile, but the static KV cache path runs.
+    answers = []
+    for compile_generate in (False, True):
+        j = _judge(
+            loaded, family, mode="generate", max_new_tokens=10, compile_generate=compile_generate
+        )
+        answers.append(j.judge(_images(2, seed=4), columns=COLS, rows=ROWS).details["raw"])
+        expected = compile_generate and family != "mllama"  # mllama: not possible, warned
+        assert j.model_info["compile_generate"] is expected
+        j.close()
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.vlm
 def test_generate_mode_reads_the_answer(loaded, monkeypatch):
     j = _judge(loaded, "qwen2_vl", mode="generate")
     answer = (

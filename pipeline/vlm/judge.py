@@ -142,6 +142,9 @@ class _Engine:
         self.kv_cache_ok = True
         self.logits_to_keep_ok = True
         self._gen_config: Any = None
+        self.compile_generate = (
+            settings.compile_generate and settings.mode == "generate" and self._allow_compile()
+        )
         try:
             self.float_dtype = next(
                 p.dtype
@@ -386,12 +389,39 @@ class _Engine:
             gc.max_new_tokens = self.s.max_new_tokens
             gc.max_length = None
             gc.use_cache = True
+            if self.compile_generate:
+                gc.cache_implementation = "static"
+                if self.device.startswith("cuda"):  # transformers compiles on accelerators only
+                    from transformers import CompileConfig
+
+                    gc.compile_config = CompileConfig(fullgraph=False, dynamic=False)
             if self.end_ids:
                 gc.eos_token_id = list(self.end_ids)
                 if gc.pad_token_id is None:
                     gc.pad_token_id = self.end_ids[0]
             self._gen_config = gc
         return self._gen_config
+
+    def _allow_compile(self) -> bool:
+        """Whether generate may use a static cache and compile its decode step.
+
+        transformers marks bitsandbytes models as not compileable; with bitsandbytes >= 0.46 the
+        4-bit matmuls are torch custom ops and the static-cache decode compiles and runs (measured:
+        docs/vlm-gpu-bench.md), so the quantizer is marked compileable here.  Not used with
+        Unsloth (which compiles its own way; no gain was measured) nor for Llama-3.2-Vision (its
+        cross-attention layers do not fit transformers' static cache).
+        """
+        if self.loaded.backend != "transformers":
+            log.warning("vlm.compile_generate: only with the transformers backend; not used")
+            return False
+        if self.family == "mllama":
+            log.warning("vlm.compile_generate: not possible for Llama-3.2-Vision; not used")
+            return False
+        q = getattr(self.model, "hf_quantizer", None)
+        if q is not None and not q.is_compileable:
+            cls = type(q)
+            q.__class__ = type(f"Compileable{cls.__name__}", (cls,), {"is_compileable": True})
+        return True
 
     def generate(self, prompt: Prompt, columns: Sequence[str], rows: Sequence[str]) -> JudgeResult:
         """Generate mode: greedy free text, then the tolerant parser."""
@@ -492,7 +522,11 @@ class VlmJudge:
     @property
     def model_info(self) -> dict[str, Any]:
         """The model's description for events and reports (family, backend, 4-bit layers, …)."""
-        return {**self.loaded.info(), "mode": self.settings.mode}
+        return {
+            **self.loaded.info(),
+            "mode": self.settings.mode,
+            "compile_generate": self._engine.compile_generate,
+        }
 
     @property
     def busy(self) -> bool:

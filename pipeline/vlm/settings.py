@@ -167,6 +167,9 @@ class VlmSettings:
     # --- decoding and budget ---
     threshold: float = 0.5  # scored: p_defect >= threshold → defect
     max_new_tokens: int = 48  # generate mode
+    # generate mode, transformers backend on CUDA: static KV cache + torch.compile (CUDA graphs) for
+    # the decode steps; ~30 s of compiling at warm-up, then ~3x faster (docs/vlm-gpu-bench.md)
+    compile_generate: bool = False
     mode_tokens: int = 6  # scored: at most this many greedy tokens for the defect mode
     timeout_ms: int = 3000  # per inference; over it → verdict error, reason vlm_timeout
 
@@ -226,7 +229,14 @@ class VlmSettings:
             if not isinstance(v, types):
                 raise ValueError(f"vlm.{name}: must be {what}, not {v!r}")
 
-        for name in ("enabled", "trust_remote_code", "require_4bit", "warmup", "one_shot"):
+        for name in (
+            "enabled",
+            "trust_remote_code",
+            "require_4bit",
+            "warmup",
+            "one_shot",
+            "compile_generate",
+        ):
             typed(name, bool, "true or false")
         choice("backend", BACKENDS)
         choice("mode", MODES)
