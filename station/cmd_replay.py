@@ -6,6 +6,8 @@ import argparse
 import contextlib
 import json
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE", help="JSON lines to FILE instead of stdout")
     p.add_argument("--publish", metavar="ENDPOINT",
                    help="also publish results as events on this ZeroMQ PUB endpoint")
+    p.add_argument("--state", metavar="DIR",
+                   help="--publish: journal folder (seq continues there; default: temporary)")
     p.set_defaults(func=run)
 
 
@@ -71,25 +75,41 @@ def run_replay(
     return builder.summary()
 
 
+def _publisher(stack: contextlib.ExitStack, endpoint: str, state: Path, station_id: str):
+    """A journaled EventPublisher on a PUB socket bound to ``endpoint`` (closed by ``stack``)."""
+    import zmq
+
+    from station.events import EventPublisher
+    from station.journal import Journal
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.bind(endpoint)
+    stack.callback(sock.close)
+    time.sleep(0.3)  # let subscribers that wait for the bind connect before the first part
+    return EventPublisher(Journal(state / "journal"), station=station_id, send=sock.send_multipart)
+
+
 def run(args: argparse.Namespace) -> int:
     """Replay a source; exit 0 when it ran (the verdicts are data, not errors)."""
     inspector, cfg = inspector_from_args(args)
     source = open_replay_source(args.source)
-    publisher = None
-    if args.publish:
-        from station.events import ReplayPublisher
-
-        publisher = ReplayPublisher(args.publish, station_id=cfg.station.id if cfg else "replay")
     with contextlib.ExitStack() as stack:
         stack.callback(source.close)
-        if publisher is not None:
-            stack.callback(publisher.close)
+        publisher = None
+        if args.publish:
+            state = args.state or stack.enter_context(tempfile.TemporaryDirectory())
+            publisher = _publisher(stack, args.publish, Path(state),
+                                   cfg.station.id if cfg else "replay")
         out = stack.enter_context(Path(args.out).open("w")) if args.out else sys.stdout
         total = len(source) if hasattr(source, "__len__") else None
         summary = run_replay(
             source, inspector, out=out, report_dir=args.report,
             title=f"Replay of {args.source}", limit=args.limit, total=total,
-            extra=(lambda o: publisher.publish_result(o.result)) if publisher else None,
+            extra=(lambda o: publisher.publish_result(o.result.to_payload(),
+                                                      frame=o.to_json()["frame"]))
+            if publisher else None,
         )
     print(json.dumps({"summary": summary}), file=sys.stderr if not args.out else sys.stdout)
     return 0

@@ -81,3 +81,41 @@ def test_demo_meets_its_numbers() -> None:
     assert summary["false_reject_rate"] <= 0.01
     assert summary["address_accuracy"] >= 0.95
     assert summary["errors"] == 0
+
+
+def test_replay_publishes_journaled_events(tmp_path: Path, synthetic_line: Path,
+                                           synthetic_recipe: Recipe) -> None:
+    """``replay --publish``: every part goes out as an event.v1 result with consecutive seq."""
+    import socket
+
+    import zmq
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"insp.result")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    proc = subprocess.Popen([sys.executable, "-m", "station.cli", "replay", str(synthetic_line),
+                             "--recipe", str(synthetic_recipe.folder), "--limit", "6",
+                             "--publish", f"tcp://127.0.0.1:{port}",
+                             "--state", str(tmp_path / "state"), "--out", str(tmp_path / "o")])
+    try:
+        events = []
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        while len(events) < 6 and poller.poll(60000):
+            topic, body = sub.recv_multipart()
+            events.append((topic.decode(), json.loads(body)))
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+        sub.close()
+    assert len(events) == 6
+    assert [e["seq"] for _, e in events] == list(range(1, 7))
+    for topic, e in events:
+        assert e["schema"] == "inspection-station.event.v1"
+        assert topic == f"insp.result.{e['verdict']}"
+        assert e["frame"] and e["part_id"]
+    assert (tmp_path / "state" / "journal").is_dir()
