@@ -327,6 +327,7 @@ def test_warmup_and_one_shot(loaded, tmp_path):
     r = j.judge(_images(2), columns=COLS, rows=ROWS)
     assert r.verdict == Verdict.DEFECT and r.details["address"] in CELLS
     assert j.model_info["linear_4bit"] > 0 and j.model_info["mode"] == "scored"
+    assert j.model_name.endswith("(mllama, transformers, 4-bit)")
     assert "solid white circle" in j.prompt_text(columns=COLS, rows=ROWS)
     j.close()
     with pytest.raises(ConfigError, match="one_shot_image"):

@@ -529,6 +529,14 @@ class VlmJudge:
         }
 
     @property
+    def model_name(self) -> str:
+        """Short model description for events: ``<folder> (<family>, <backend>, 4-bit)``."""
+        f = self.loaded.folder
+        name = f.weights_dir.name + (f"+{f.adapter_dir.name}" if f.adapter_dir else "")
+        bits = "4-bit" if self.loaded.n_4bit else "16-bit"
+        return f"{name} ({self.loaded.family}, {self.loaded.backend}, {bits})"
+
+    @property
     def busy(self) -> bool:
         """True while an inference (possibly one that already timed out) is running."""
         f = self._inflight
