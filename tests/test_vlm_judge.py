@@ -135,7 +135,7 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     from pipeline.vlm.tiny import write_tiny_model
 
     root = tmp_path_factory.mktemp("vlm")
-    return {f: write_tiny_model(root / f, f) for f in FAMILIES}
+    return {f: write_tiny_model(root / f, f) for f in [*FAMILIES, "qwen2_5_vl"]}
 
 
 @pytest.fixture(scope="session")
@@ -220,6 +220,21 @@ def test_scored_defect_always_has_a_valid_address(
         assert d["raw"].startswith(prefix + "- your judgement->defective\n- defect mode->")
         p = parse_answer(d["raw"], COLS, ROWS)  # the built answer honours the contract
         assert p.judgement == "defect" and p.positions == [(r.defects[0].column, r.defects[0].row)]
+    j.close()
+
+
+@pytest.mark.vlm
+def test_qwen2_5_vl_family(loaded):
+    lm = loaded["qwen2_5_vl"]
+    assert lm.family == "qwen2_5_vl" and lm.n_4bit > 0
+    j = _judge(loaded, "qwen2_5_vl", threshold=1e-6)
+    r = j.judge(_images(2), columns=COLS, rows=ROWS)
+    assert r.verdict == Verdict.DEFECT and r.details["address"] in CELLS
+    assert r.details["kv_cache"] is True
+    j.close()
+    j = _judge(loaded, "qwen2_5_vl", mode="generate", max_new_tokens=8, compile_generate=True)
+    r = j.judge(_images(2), columns=COLS, rows=ROWS)
+    assert r.details["tokens_out"] <= 8 and j.model_info["compile_generate"] is True
     j.close()
 
 

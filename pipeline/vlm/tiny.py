@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("mllama", "qwen2_vl")
+FAMILIES = ("mllama", "qwen2_vl", "qwen2_5_vl")
 SHAPES = ("tiny", "2b", "7b")
 
 _QWEN_SPECIALS = [
@@ -105,7 +105,8 @@ def build_tokenizer(family: str, vocab_size: int = 1200) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = _QWEN_SPECIALS if family == "qwen2_vl" else _LLAMA_SPECIALS
+    qwen = family.startswith("qwen")
+    specials = _QWEN_SPECIALS if qwen else _LLAMA_SPECIALS
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -116,7 +117,7 @@ def build_tokenizer(family: str, vocab_size: int = 1200) -> Any:
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer)
-    if family == "qwen2_vl":
+    if qwen:
         hf = PreTrainedTokenizerFast(
             tokenizer_object=tok,
             eos_token="<|im_end|>",
@@ -199,6 +200,37 @@ def _qwen2_vl_config(tok: Any, shape: str) -> Any:
     )
 
 
+def _qwen2_5_vl_config(tok: Any, shape: str) -> Any:
+    from transformers import Qwen2_5_VLConfig
+
+    if shape != "tiny":
+        raise ValueError(f"shape {shape!r}: only 'tiny' is available for qwen2_5_vl")
+    q2 = _qwen2_vl_config(tok, "tiny")
+    text = q2.text_config.to_dict()
+    for k in ("model_type", "architectures", "transformers_version", "dtype", "torch_dtype"):
+        text.pop(k, None)
+    vision = dict(
+        depth=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=2,
+        out_hidden_size=64,
+        window_size=112,
+        fullatt_block_indexes=[1],
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=q2.image_token_id,
+        video_token_id=q2.video_token_id,
+        vision_start_token_id=q2.vision_start_token_id,
+        vision_end_token_id=q2.vision_end_token_id,
+    )
+
+
 def _mllama_config(tok: Any, shape: str) -> Any:
     from transformers import MllamaConfig
 
@@ -245,7 +277,7 @@ def _mllama_config(tok: Any, shape: str) -> Any:
 
 def build_processor(family: str, tok: Any) -> Any:
     """The family's processor around ``tok``, with PIL image processors (no torchvision needed)."""
-    if family == "qwen2_vl":
+    if family in ("qwen2_vl", "qwen2_5_vl"):
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
             Qwen2VLImageProcessorPil,
         )
@@ -254,7 +286,7 @@ def build_processor(family: str, tok: Any) -> Any:
 
         # Bounds in pixels: the station scales images to vlm.max_image_side first.
         ip = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=1024 * 28 * 28)
-        cls = image_only_processor_class("qwen2_vl")
+        cls = image_only_processor_class(family)
         return cls(image_processor=ip, tokenizer=tok, chat_template=tok.chat_template)
     if family == "mllama":
         from transformers.models.mllama import MllamaProcessor
@@ -292,7 +324,8 @@ def write_tiny_model(
     out.mkdir(parents=True, exist_ok=True)
 
     tok = build_tokenizer(family)
-    config = _qwen2_vl_config(tok, shape) if family == "qwen2_vl" else _mllama_config(tok, shape)
+    make = {"qwen2_vl": _qwen2_vl_config, "qwen2_5_vl": _qwen2_5_vl_config}
+    config = make.get(family, _mllama_config)(tok, shape)
     torch.manual_seed(seed)
     dtype = torch.float32 if shape == "tiny" else torch.bfloat16
     with torch.device(device):
