@@ -59,7 +59,8 @@ class AddressGrid:
     Built from an equal grid ``{roi: [x, y, w, h], columns: [...], rows: [...]}`` (cell edges at
     ``x + round(i·w/ncols)``, so the cells tile the ROI exactly) or explicit cells
     ``{cells: {"X:3, Y:C": [x, y, w, h], ...}}`` (optionally with ``columns``/``rows`` to fix the
-    label order; otherwise the order of first appearance).  ``cells`` maps address → ``(x, y, w, h)``.
+    label order; otherwise the order of first appearance).  ``cells`` maps address →
+    ``(x, y, w, h)``.
     """
 
     def __init__(
@@ -97,7 +98,7 @@ class AddressGrid:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> AddressGrid:
-        """From ``{roi, columns, rows}`` or ``{cells: {...}}`` (``ValueError`` with a clear message)."""
+        """From ``{roi, columns, rows}`` or ``{cells: {...}}``; ``ValueError`` with a clear message."""
         if not isinstance(cfg, Mapping):
             raise ValueError(f"grid config must be a mapping, got {type(cfg).__name__}")
         if "cells" in cfg and "roi" in cfg:
@@ -105,7 +106,9 @@ class AddressGrid:
         if "cells" in cfg:
             raw = cfg["cells"]
             if not isinstance(raw, Mapping) or not raw:
-                raise ValueError("grid 'cells' must be a non-empty mapping of address -> [x, y, w, h]")
+                raise ValueError(
+                    "grid 'cells' must be a non-empty mapping of address -> [x, y, w, h]"
+                )
             cells: dict[str, Rect] = {}
             cols_seen: list[str] = []
             rows_seen: list[str] = []
@@ -200,20 +203,34 @@ class AddressGrid:
 
     # ---------------------------------------------------------------- scores
     def cell_scores(
-        self, d: np.ndarray, valid: np.ndarray | None = None, quantile: float = 1.0
+        self,
+        d: np.ndarray,
+        valid: np.ndarray | None = None,
+        quantile: float = 1.0,
+        *,
+        support: int = 1,
     ) -> dict[str, float]:
         """Score per cell: the max (``quantile=1``) or a high quantile of ``D`` over the cell.
 
         ``d`` is the distance map at frame size (its pixel ``(y, x)`` is the window centred there,
-        or that window's stride block).  Pixels where ``valid`` is 0 are left out; a cell with no
-        pixel left (or outside the image) scores 0.
+        or that window's stride block).  ``support > 1`` first takes the minimum of ``D`` over
+        every ``support × support`` patch (a grey erosion), so a cell scores the level that ``D``
+        holds over a whole patch: a defect raises ``D`` over a blob at least ``k`` wide, while
+        the thin lines of a wandering edge are removed.  Pixels where ``valid`` is 0 are left
+        out; a cell with no pixel left (or outside the image) scores 0.
         """
         if not 0.0 < quantile <= 1.0:
             raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+        if support < 1:
+            raise ValueError(f"support must be >= 1, got {support}")
         d = np.asarray(d)
+        if d.dtype != np.float32:
+            d = d.astype(np.float32)
         h, w = d.shape[:2]
         if valid is not None and valid.shape[:2] != (h, w):
             raise ValueError(f"valid mask shape {valid.shape} differs from D shape {d.shape}")
+        if support > 1:
+            d = cv2.erode(d, np.ones((support, support), np.uint8))
         out: dict[str, float] = {}
         for a, (x, y, cw, ch) in self.cells.items():
             x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + cw, w), min(y + ch, h)
@@ -230,10 +247,11 @@ class AddressGrid:
                 else:
                     out[a] = float(np.quantile(vals, quantile))
             elif quantile >= 1.0:
-                out[a] = float(cv2.minMaxLoc(sub if sub.dtype == np.float32 else sub.astype(np.float32))[1])
+                out[a] = float(cv2.minMaxLoc(sub)[1])
             else:
                 out[a] = float(np.quantile(sub, quantile))
         return out
 
     def __repr__(self) -> str:
-        return f"AddressGrid({len(self.columns)} columns x {len(self.rows)} rows, {len(self.cells)} cells)"
+        n_c, n_r = len(self.columns), len(self.rows)
+        return f"AddressGrid({n_c} columns x {n_r} rows, {len(self.cells)} cells)"

@@ -81,7 +81,9 @@ class MetricJudge:
             if not math.isfinite(s) or s > thr:
                 col, row = parse_address(a)
                 defects.append(Defect(address=a, column=col, row=row, score=s, judge="metric"))
-        defects.sort(key=lambda d: -(d.score if d.score is not None and math.isfinite(d.score) else math.inf))
+        defects.sort(
+            key=lambda d: -(d.score if d.score is not None and math.isfinite(d.score) else math.inf)
+        )
         finite = [float(s) for s in cell_scores.values() if math.isfinite(float(s))]
         details = {
             "max_score": max(finite) if finite else None,

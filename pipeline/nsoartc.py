@@ -19,10 +19,14 @@ Window positions (fixed rule used everywhere in this module)
   fully valid (mask eroded by ``k×k``; the image border itself is not invalid — it is handled by the
   mirror rule above), so warped-in borders never create defects.
 
-Numerics: products of the images are box-filtered (``cv2.boxFilter(normalize=False)``, O(pixels),
-independent of ``k``) into float64 sums, and ``S_e = S_xx − S_gx²/(S_gg+ε)`` is formed in float64, so
-the cancellation in ``S_e`` does not turn rounding into a fake residual (``X = G`` gives ``σ ≈ 0``).
+Numerics: the sums are box filters (``cv2.boxFilter(normalize=False)``: O(pixels), independent of
+``k``), exact integers for 8-bit images (float64 otherwise), and ``S_e`` is formed from the
+difference ``X − G`` (an exact identity, see ``_GoldenSums``), so the cancellation in
+``S_xx − S_gx²/S_gg`` never turns rounding into a fake residual (``X = G`` gives ``σ ≈ 0``).
 Results (``β``, ``σ``, ``D``) are float32.  Golden-side sums are computed once per transform.
+
+Speed (1280×1024 grey, one core): see ``station/bench_metric.py``; stride 2 computes the per-window
+statistics on a quarter of the windows (the box filters stay at full resolution).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ _FORMAT = "nsoartc-unit-space.v1"
 
 
 def window_centres(length: int, stride: int) -> np.ndarray:
-    """Window-centre coordinates along one axis of ``length`` pixels for ``stride`` (see module doc)."""
+    """Window-centre coordinates along an axis of ``length`` pixels for ``stride`` (module doc)."""
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     n = -(-length // stride)
@@ -103,7 +107,9 @@ def _split_channels(img: np.ndarray, channels: str) -> list[np.ndarray]:
         elif img.ndim == 3 and img.shape[2] == 1:
             img = img[:, :, 0]
         if img.ndim != 2:
-            raise ValueError(f"expected a grey (H, W) or BGR (H, W, 3) image, got shape {img.shape}")
+            raise ValueError(
+                f"expected a grey (H, W) or BGR (H, W, 3) image, got shape {img.shape}"
+            )
         return [img]
     if channels == "bgr":
         if img.ndim == 2:
@@ -262,6 +268,13 @@ def rt_features(
     raise ValueError(f"expected a 2-D or 3-D image, got shape {golden.shape}")
 
 
+def _per_channel(a: np.ndarray, fn: Any) -> np.ndarray:
+    """Apply a 2-D image function to ``a`` (2-D) or to each ``a[c]`` (3-D)."""
+    if a.ndim == 2:
+        return fn(a)
+    return np.stack([fn(np.ascontiguousarray(x)) for x in a])
+
+
 # --------------------------------------------------------------------------------------------
 # synthetic good frames
 # --------------------------------------------------------------------------------------------
@@ -275,6 +288,7 @@ def synth_good_frames(
     shift: float = 0.5,
     morph: int = 1,
     morph_shape: str = "cross",
+    morph_amount: float = 1.0,
     gain: float = 0.03,
     noise: float = 2.0,
 ) -> Iterator[np.ndarray]:
@@ -284,7 +298,8 @@ def synth_good_frames(
 
     * edge wander: eroded (``i % 3 == 0``), untouched (``== 1``) or dilated (``== 2``) by
       ``morph`` pixels (kernel ``morph_shape`` ``"cross"`` or ``"rect"``, size ``2·morph+1``), as a
-      threshold or exposure change moves edges;
+      threshold or exposure change moves edges; ``morph_amount < 1`` blends that far toward the
+      eroded/dilated image (a fractional edge move, as partial pixel coverage gives);
     * a sub-pixel shift uniform in ``±shift`` px on both axes (bilinear);
     * a gain uniform in ``1 ± gain``;
     * Gaussian sensor noise of ``noise`` grey levels.
@@ -306,10 +321,12 @@ def synth_good_frames(
         dx, dy = rng.uniform(-shift, shift, size=2) if shift > 0 else (0.0, 0.0)
         gn = rng.uniform(1.0 - gain, 1.0 + gain) if gain > 0 else 1.0
         img = base
-        if kern is not None and i % 3 == 0:
-            img = cv2.erode(img, kern)
-        elif kern is not None and i % 3 == 2:
-            img = cv2.dilate(img, kern)
+        if kern is not None and i % 3 != 1:
+            moved = cv2.erode(img, kern) if i % 3 == 0 else cv2.dilate(img, kern)
+            if morph_amount >= 1.0:
+                img = moved
+            else:
+                img = cv2.addWeighted(img, 1.0 - morph_amount, moved, morph_amount, 0.0)
         if dx or dy:
             warp = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], dtype=np.float64)
             img = cv2.warpAffine(img, warp, (w, h), flags=cv2.INTER_LINEAR, borderMode=_BORDER)
@@ -332,8 +349,8 @@ class UnitSpace:
     """Per-window mean ``μ`` of ``(Y1, Y2)`` and inverse covariance ``Σ⁻¹ = [[a, b], [b, c]]``.
 
     Arrays are float32 of the per-window shape ``(nh, nw)`` — or ``(C, nh, nw)`` for a per-channel
-    (``bgr``) unit space.  ``meta`` records how it was made (``k``, ``stride``, ``frames``, ``shrink``,
-    synthesis parameters) and is saved with it.
+    (``bgr``) unit space.  ``meta`` records how it was made (``k``, ``stride``, ``frames``,
+    ``shrink``, synthesis parameters) and is saved with it.
     """
 
     mu1: np.ndarray
@@ -383,6 +400,7 @@ class UnitSpace:
         features: Iterable[tuple[np.ndarray, np.ndarray]],
         shrink: float | None = None,
         *,
+        spread: int = 0,
         meta: dict[str, Any] | None = None,
     ) -> UnitSpace:
         """Fit from the ``(Y1, Y2)`` maps of ``M ≥ 1`` aligned good frames (any iterable, streamed).
@@ -427,6 +445,13 @@ class UnitSpace:
             c11 = np.zeros_like(m1)
             c22 = np.zeros_like(m1)
             c12 = np.zeros_like(m1)
+        if spread > 0:
+            # tolerance of a window ≥ that of its neighbours within ``spread`` windows: an edge
+            # that wanders a little further on the line than in the good frames stays good
+            ker = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * spread + 1, 2 * spread + 1))
+            c11 = _per_channel(c11, lambda a: cv2.dilate(a, ker))
+            c22 = _per_channel(c22, lambda a: cv2.dilate(a, ker))
+            c12 = np.clip(c12, -np.sqrt(c11 * c22), np.sqrt(c11 * c22))
         lam = (1.0 if n == 1 else 2.0 / (n + 1)) if shrink is None else float(shrink)
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"shrink must be in [0, 1], got {shrink}")
@@ -463,10 +488,12 @@ class UnitSpace:
         shift: float = 0.5,
         morph: int = 1,
         morph_shape: str = "cross",
+        morph_amount: float = 1.0,
         gain: float = 0.03,
         noise: float = 2.0,
         channels: str = "grey",
         shrink: float | None = None,
+        spread: int = 0,
         eps: float = 1e-6,
     ) -> UnitSpace:
         """Unit space from ONE golden image, fitted on :func:`synth_good_frames` (DESIGN §3)."""
@@ -482,6 +509,7 @@ class UnitSpace:
                 shift=shift,
                 morph=morph,
                 morph_shape=morph_shape,
+                morph_amount=morph_amount,
                 gain=gain,
                 noise=noise,
             ):
@@ -503,11 +531,12 @@ class UnitSpace:
                 "shift": shift,
                 "morph": morph,
                 "morph_shape": morph_shape,
+                "morph_amount": morph_amount,
                 "gain": gain,
                 "noise": noise,
             },
         }
-        return cls.fit(feats(), shrink=shrink, meta=meta)
+        return cls.fit(feats(), shrink=shrink, spread=spread, meta=meta)
 
     # ---------------------------------------------------------------- scoring
     def score_squared(self, y1: np.ndarray, y2: np.ndarray) -> np.ndarray:
@@ -598,7 +627,9 @@ class NsoartcTransform:
             )
         for key, val in (("k", k), ("stride", stride)):
             if key in unit_space.meta and int(unit_space.meta[key]) != val:
-                raise ValueError(f"unit space was built with {key}={unit_space.meta[key]}, not {val}")
+                raise ValueError(
+                    f"unit space was built with {key}={unit_space.meta[key]}, not {val}"
+                )
         self.unit_space = unit_space
         self._us = [unit_space.channel(c) for c in range(len(chans))]
         self._alpha = 255.0 / self.d_vis
@@ -608,9 +639,7 @@ class NsoartcTransform:
         chans = _split_channels(np.asarray(aligned), self.channels)
         return [g.features(c) for g, c in zip(self._gs, chans, strict=True)]
 
-    def distance_windows(
-        self, aligned: np.ndarray, valid: np.ndarray | None = None
-    ) -> np.ndarray:
+    def distance_windows(self, aligned: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """``D`` per window, float32 ``(ceil(H/s), ceil(W/s))``; 0 where the window is not valid."""
         feats = self.features(aligned)
         if len(feats) == 1:
