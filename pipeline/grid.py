@@ -98,7 +98,7 @@ class AddressGrid:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> AddressGrid:
-        """From ``{roi, columns, rows}`` or ``{cells: {...}}``; ``ValueError`` with a clear message."""
+        """From ``{roi, columns, rows}`` or ``{cells: {...}}`` (``ValueError`` when malformed)."""
         if not isinstance(cfg, Mapping):
             raise ValueError(f"grid config must be a mapping, got {type(cfg).__name__}")
         if "cells" in cfg and "roi" in cfg:
