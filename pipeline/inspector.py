@@ -224,13 +224,12 @@ class Inspector:
         prompt = raw = None
         if self.vlm is not None:
             t = time.perf_counter()
-            vlm_result = self.vlm.judge_part(golden=st.recipe.golden, aligned=aligned,
+            vlm_result, prompt = self.vlm.judge_part(golden=st.recipe.golden, aligned=aligned,
                                              metric_image=metric_image,
                                              golden_metric=st.golden_metric(),
                                              grid=st.recipe.grid)
             timings["vlm"] = (time.perf_counter() - t) * 1000
             judges["vlm"] = vlm_result
-            prompt = vlm_result.details.get("prompt")
             raw = vlm_result.details.get("raw")
 
         verdict, reason, defects = decide(self.policy, metric, judges.get("vlm"))

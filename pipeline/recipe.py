@@ -242,7 +242,7 @@ class Recipe:
             try:
                 VlmSettings.from_dict(settings.vlm)
             except (ValueError, TypeError) as exc:
-                raise ConfigError(f"vlm: {exc}", doc.where(("vlm",))) from None
+                raise ConfigError(str(exc), doc.where(("vlm",))) from None
         return cls(settings, golden, unit_space, grid, folder, _recipe_hash(folder))
 
     def save(self, folder: str | Path) -> Path:

@@ -64,14 +64,14 @@ class VlmStage:
         return compose_pair(ref, test, g, s.composition)
 
     def judge_part(self, *, golden: np.ndarray, aligned: np.ndarray, metric_image: np.ndarray,
-                   golden_metric: np.ndarray, grid: AddressGrid) -> JudgeResult:
-        """Judge one aligned part; problems come back as an ``error`` verdict, never raised."""
+                   golden_metric: np.ndarray, grid: AddressGrid) -> tuple[JudgeResult, str]:
+        """Judge one aligned part → (result, prompt text for the recorder); problems come back
+        as an ``error`` verdict, never raised.  The prompt stays out of the result (and so out
+        of every event): it is the same for every part of a recipe."""
         images = self.compose(golden=golden, aligned=aligned, metric_image=metric_image,
                               golden_metric=golden_metric, grid=grid)
         result = self.judge.judge(images, columns=grid.columns, rows=grid.rows)
-        result.details.setdefault(
-            "prompt", self.judge.prompt_text(columns=grid.columns, rows=grid.rows))
-        return result
+        return result, self.judge.prompt_text(columns=grid.columns, rows=grid.rows)
 
     def close(self) -> None:
         """Stop the judge's worker."""

@@ -145,5 +145,5 @@ def load_config(path: str | Path) -> StationConfig:
         try:
             VlmSettings.from_dict(cfg.vlm)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"vlm: {exc}", doc.where(("vlm",))) from None
+            raise ConfigError(str(exc), doc.where(("vlm",))) from None
     return cfg
