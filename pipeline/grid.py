@@ -238,14 +238,15 @@ class AddressGrid:
                 out[a] = 0.0
                 continue
             sub = d[y0:y1, x0:x1]
-            if valid is not None:
+            if valid is not None and quantile >= 1.0:
+                vsub = valid[y0:y1, x0:x1]
+                if vsub.dtype != np.uint8:
+                    vsub = (vsub > 0).astype(np.uint8)
+                _, mx, _, loc = cv2.minMaxLoc(sub, mask=vsub)
+                out[a] = float(mx) if loc[0] >= 0 else 0.0  # (-1, -1): nothing valid
+            elif valid is not None:
                 vals = sub[valid[y0:y1, x0:x1] > 0]
-                if vals.size == 0:
-                    out[a] = 0.0
-                elif quantile >= 1.0:
-                    out[a] = float(vals.max())
-                else:
-                    out[a] = float(np.quantile(vals, quantile))
+                out[a] = float(np.quantile(vals, quantile)) if vals.size else 0.0
             elif quantile >= 1.0:
                 out[a] = float(cv2.minMaxLoc(sub)[1])
             else:

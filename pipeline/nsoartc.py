@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 _BORDER = cv2.BORDER_REFLECT_101
+BAND_ROWS = 128  # image rows per processing band (cache-sized work arrays)
 _FORMAT = "nsoartc-unit-space.v1"
 
 
@@ -166,76 +167,100 @@ class _GoldenSums:
             self.inv_q = self.inv_q64.astype(np.float32)
             self.gq = self.gq64.astype(np.float32)
             self.e0 = self.e0_64.astype(np.float32)
-        self._work: dict[str, np.ndarray] = {}
+        # row bands of windows processed together (≈ 128 image rows: the work arrays of a band stay
+        # in the CPU caches, which is most of the speed at 1280×1024)
+        self.band = max(1, BAND_ROWS // stride)
+        self.ry = window_centres(h, stride)
 
-    def _buf(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """Reusable work buffer (avoids page-faulting fresh megabyte arrays on every frame)."""
-        b = self._work.get(name)
-        if b is None or b.shape != shape or b.dtype != dtype:
-            b = np.empty(shape, dtype)
-            self._work[name] = b
-        return b
+    def bands(self) -> Iterator[tuple[int, int]]:
+        """Window-row ranges ``[j0, j1)`` processed together."""
+        for j0 in range(0, self.nh, self.band):
+            yield j0, min(j0 + self.band, self.nh)
 
-    def _sums_u8(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        k, s, nh, nw = self.k, self.stride, self.nh, self.nw
-        shp = self.shape
-        x = self._buf("x16", shp, np.uint16)
-        np.copyto(x, frame, casting="unsafe")
-        prod = self._buf("prod", shp, np.uint16)
-        full_xx = self._buf("sxx", shp, np.int32)
-        full_gx = self._buf("sgx", shp, np.int32)
-        np.multiply(x, x, out=prod)
-        cv2.boxFilter(prod, cv2.CV_32S, (k, k), dst=full_xx, normalize=False, borderType=_BORDER)
-        np.multiply(self.g16, x, out=prod)
-        cv2.boxFilter(prod, cv2.CV_32S, (k, k), dst=full_gx, normalize=False, borderType=_BORDER)
-        if s == 1:
-            return full_xx, full_gx
-        return _take(_take(full_xx, 0, s, nh), 1, s, nw), _take(_take(full_gx, 0, s, nh), 1, s, nw)
+    def _band_sums(
+        self, frame: np.ndarray, j0: int, j1: int, fast: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``S_xx`` and ``S_gx`` at the window centres of window rows ``[j0, j1)``.
 
-    def features(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(β, σ)`` float32 per window for one channel of an aligned frame.
-
-        Not thread-safe (work buffers are reused): use one transform per thread.
+        The box filter runs on the image rows these windows cover; mirroring at a band edge only
+        touches rows closer than ``k/2`` to it, which are not centres (unless at the image edge,
+        where the mirror is the rule anyway).
         """
-        frame = np.asarray(frame)
-        if frame.shape != self.shape:
-            raise ValueError(f"frame shape {frame.shape} differs from golden shape {self.shape}")
-        k, s, nh, nw = self.k, self.stride, self.nh, self.nw
-        win = (nh, nw)
-        if self.u8 and frame.dtype == np.uint8:
-            sxx, sgx = self._sums_u8(frame)
-            sgg, inv_q, gq, e0, ft = self.sgg_i, self.inv_q, self.gq, self.e0, np.float32
-            idd = self._buf("idd", win, np.int32)
-            igd = self._buf("igd", win, np.int32)
-            np.subtract(sxx, sgx, out=idd)  # S_dd = S_xx − 2 S_gx + S_gg   (exact, int32)
-            np.subtract(idd, sgx, out=idd)
-            np.add(idd, sgg, out=idd)
-            np.subtract(sgx, sgg, out=igd)  # S_gd = S_gx − S_gg
-            sdd = np.empty(win, np.float32)  # becomes σ (returned)
-            sgd = self._buf("fgd", win, np.float32)
-            np.copyto(sdd, idd, casting="unsafe")
-            np.copyto(sgd, igd, casting="unsafe")
-            t = self._buf("t", win, np.float32)
+        k, s, r = self.k, self.stride, self.k // 2
+        h = self.shape[0]
+        ys = self.ry[j0:j1]
+        y0, y1 = max(int(ys[0]) - r, 0), min(int(ys[-1]) + r + 1, h)
+        if fast:
+            x = frame[y0:y1].astype(np.uint16)
+            g = self.g16[y0:y1]
+            ddepth = cv2.CV_32S
         else:
-            x = np.asarray(frame, dtype=np.float64)
-            sxx = _window_sums(x * x, k, s, nh, nw, cv2.CV_64F)
-            sgx = _window_sums(self.g64 * x, k, s, nh, nw, cv2.CV_64F)
-            sgg, inv_q, gq, e0, ft = self.sgg64, self.inv_q64, self.gq64, self.e0_64, np.float64
-            sdd = np.subtract(sxx, sgx)
-            np.subtract(sdd, sgx, out=sdd)
-            np.add(sdd, sgg, out=sdd)
-            sgd = np.subtract(sgx, sgg)
-            t = np.empty(win, np.float64)
-        np.multiply(sgd, inv_q, out=t)  # t = S_gd / Q
+            x = np.asarray(frame[y0:y1], dtype=np.float64)
+            g = self.g64[y0:y1]
+            ddepth = cv2.CV_64F
+        sxx = cv2.boxFilter(x * x, ddepth, (k, k), normalize=False, borderType=_BORDER)
+        sgx = cv2.boxFilter(g * x, ddepth, (k, k), normalize=False, borderType=_BORDER)
+        if s == 1:
+            a0 = int(ys[0]) - y0
+            return sxx[a0 : a0 + len(ys)], sgx[a0 : a0 + len(ys)]
+        rows = ys - y0
+        return (
+            _take(sxx[rows], 1, s, self.nw),
+            _take(sgx[rows], 1, s, self.nw),
+        )
+
+    def features_band(self, frame: np.ndarray, j0: int, j1: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(β, σ)`` float32 for window rows ``[j0, j1)`` (``frame`` already checked)."""
+        fast = self.u8 and frame.dtype == np.uint8
+        sxx, sgx = self._band_sums(frame, j0, j1, fast)
+        if fast:
+            sgg, inv_q, gq, e0, ft = (
+                self.sgg_i[j0:j1],
+                self.inv_q[j0:j1],
+                self.gq[j0:j1],
+                self.e0[j0:j1],
+                np.float32,
+            )
+        else:
+            sgg, inv_q, gq, e0, ft = (
+                self.sgg64[j0:j1],
+                self.inv_q64[j0:j1],
+                self.gq64[j0:j1],
+                self.e0_64[j0:j1],
+                np.float64,
+            )
+        sdd = np.subtract(sxx, sgx)  # S_dd = S_xx − 2 S_gx + S_gg   (exact for 8-bit: int32)
+        np.subtract(sdd, sgx, out=sdd)
+        np.add(sdd, sgg, out=sdd)
+        sgd = np.subtract(sgx, sgg)  # S_gd = S_gx − S_gg
+        sdd = sdd.astype(ft, copy=False)
+        sgd = sgd.astype(ft, copy=False)
+        t = np.multiply(sgd, inv_q)  # t = S_gd / Q
         beta = np.add(gq, t, dtype=np.float32)  # β = S_gg/Q + t = S_gx / Q
         sgd -= ft(2.0 * self.eps)
         np.multiply(t, sgd, out=t)
         np.subtract(sdd, t, out=sdd)
         np.add(sdd, e0, out=sdd)  # S_e before the clamp at 0
         sigma = sdd.astype(np.float32, copy=False)
-        cv2.max(sigma, 0.0, dst=sigma)
+        np.maximum(sigma, np.float32(0.0), out=sigma)
         sigma *= np.float32(1.0 / max(self.n - 1, 1))
-        cv2.sqrt(sigma, dst=sigma)
+        np.sqrt(sigma, out=sigma)
+        return beta, sigma
+
+    def check(self, frame: np.ndarray) -> np.ndarray:
+        """``frame`` as an array of the golden's shape (``ValueError`` otherwise)."""
+        frame = np.asarray(frame)
+        if frame.shape != self.shape:
+            raise ValueError(f"frame shape {frame.shape} differs from golden shape {self.shape}")
+        return frame
+
+    def features(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(β, σ)`` float32 per window for one channel of an aligned frame."""
+        frame = self.check(frame)
+        beta = np.empty((self.nh, self.nw), np.float32)
+        sigma = np.empty((self.nh, self.nw), np.float32)
+        for j0, j1 in self.bands():
+            beta[j0:j1], sigma[j0:j1] = self.features_band(frame, j0, j1)
         return beta, sigma
 
 
@@ -543,16 +568,20 @@ class UnitSpace:
         """``D² = (y − μ)ᵀ Σ⁻¹ (y − μ) / 2`` per window, float32 (mean ≈ 1 on good frames)."""
         if y1.shape != self.mu1.shape or y2.shape != self.mu2.shape:
             raise ValueError(f"feature shape {y1.shape} differs from unit-space shape {self.shape}")
-        d1 = np.subtract(y1, self.mu1, dtype=np.float32)
-        d2 = np.subtract(y2, self.mu2, dtype=np.float32)
-        t = np.multiply(self._hb2, d1)
-        t2 = np.multiply(self._hc, d2)
+        return self._score_sq(y1, y2, slice(None))
+
+    def _score_sq(self, y1: np.ndarray, y2: np.ndarray, rows: slice) -> np.ndarray:
+        """``D²`` for the window rows ``rows`` of the unit space (new float32 array)."""
+        d1 = np.subtract(y1, self.mu1[rows], dtype=np.float32)
+        d2 = np.subtract(y2, self.mu2[rows], dtype=np.float32)
+        t = np.multiply(self._hb2[rows], d1)
+        t2 = np.multiply(self._hc[rows], d2)
         np.add(t, t2, out=t)
         np.multiply(t, d2, out=t)  # d2·(b·d1 + c/2·d2)
         np.multiply(d1, d1, out=d1)
-        np.multiply(d1, self._ha, out=d1)
+        np.multiply(d1, self._ha[rows], out=d1)
         np.add(t, d1, out=t)
-        np.maximum(t, 0.0, out=t)
+        np.maximum(t, np.float32(0.0), out=t)
         return t
 
     def score(self, y1: np.ndarray, y2: np.ndarray) -> np.ndarray:
@@ -591,6 +620,70 @@ class UnitSpace:
         if meta.pop("format", _FORMAT) != _FORMAT:
             raise ValueError(f"{p}: unknown unit-space format")
         return cls(**arrays, meta=meta)
+
+
+class _Fused:
+    """Features and score of one channel in one pass per band (the transform's hot path).
+
+    With ``u = sqrt(S_e) = σ·sqrt(n−1)``, ``d1 = β − μ1 = t + (S_gg/Q − μ1)`` and the Cholesky form
+    of ``Σ⁻¹/2 = [[a, b], [b, c]]/2``::
+
+        D² = (p·d1 + q·(u − m2))² + (r·(u − m2))²
+        p = sqrt(a/2),  q = b / sqrt(2a) / sqrt(n−1),  r = sqrt((c − b²/a)/2) / sqrt(n−1),
+        m2 = μ2·sqrt(n−1)
+
+    so ``D`` is one ``cv2.magnitude`` (no separate β, σ, no clamp of D² needed).
+    """
+
+    def __init__(self, gs: _GoldenSums, us: UnitSpace) -> None:
+        self.gs = gs
+        a = us.inv_a.astype(np.float64)
+        b = us.inv_b.astype(np.float64)
+        c = us.inv_c.astype(np.float64)
+        a = np.maximum(a, 1e-30)
+        rn = np.sqrt(max(gs.n - 1, 1))
+        self.p = np.sqrt(a / 2).astype(np.float32)
+        self.q = (b / np.sqrt(2 * a) / rn).astype(np.float32)
+        self.r = (np.sqrt(np.maximum(c - b * b / a, 0.0) / 2) / rn).astype(np.float32)
+        self.m2 = (us.mu2.astype(np.float64) * rn).astype(np.float32)
+        gq = gs.gq64
+        self.c1 = (gq - us.mu1.astype(np.float64)).astype(np.float32)
+        self.c1_64 = gq - us.mu1.astype(np.float64)
+
+    def band(self, frame: np.ndarray, j0: int, j1: int, out: np.ndarray, *, squared: bool) -> None:
+        """Write ``D`` (or ``D²``) of window rows ``[j0, j1)`` into ``out`` (float32)."""
+        gs = self.gs
+        fast = gs.u8 and frame.dtype == np.uint8
+        sxx, sgx = gs._band_sums(frame, j0, j1, fast)
+        rows = slice(j0, j1)
+        if fast:
+            sgg, inv_q, e0, c1 = gs.sgg_i[rows], gs.inv_q[rows], gs.e0[rows], self.c1[rows]
+        else:
+            sgg, inv_q, e0, c1 = gs.sgg64[rows], gs.inv_q64[rows], gs.e0_64[rows], self.c1_64[rows]
+        f32 = np.float32
+        sdd = np.subtract(sxx, sgx)  # S_dd = S_xx − 2 S_gx + S_gg (int32 for 8-bit: exact)
+        np.subtract(sdd, sgx, out=sdd)
+        np.add(sdd, sgg, out=sdd)
+        se = np.add(sdd, e0, dtype=f32, casting="unsafe")  # (+ ε·S_gg/Q)
+        sgd = np.subtract(sgx, sgg, dtype=f32, casting="unsafe")  # S_gd
+        t = np.multiply(sgd, inv_q, dtype=f32, casting="unsafe")  # S_gd / Q
+        d1 = np.add(t, c1, dtype=f32, casting="unsafe")  # β − μ1
+        sgd -= f32(2.0 * gs.eps)
+        np.multiply(sgd, t, out=sgd)
+        np.subtract(se, sgd, out=se)  # S_e
+        cv2.max(se, 0.0, dst=se)
+        cv2.sqrt(se, dst=se)  # u
+        se -= self.m2[rows]
+        np.multiply(d1, self.p[rows], out=d1)
+        np.multiply(se, self.q[rows], out=t)
+        np.add(d1, t, out=d1)  # e1
+        np.multiply(se, self.r[rows], out=se)  # e2
+        if squared:
+            np.multiply(d1, d1, out=d1)
+            np.multiply(se, se, out=se)
+            np.add(d1, se, out=out)
+        else:
+            cv2.magnitude(d1, se, out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -633,6 +726,7 @@ class NsoartcTransform:
         self.unit_space = unit_space
         self._us = [unit_space.channel(c) for c in range(len(chans))]
         self._alpha = 255.0 / self.d_vis
+        self._fused = [_Fused(g, u) for g, u in zip(self._gs, self._us, strict=True)]
 
     def features(self, aligned: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(β, σ)`` per window for each channel of an aligned frame."""
@@ -640,19 +734,36 @@ class NsoartcTransform:
         return [g.features(c) for g, c in zip(self._gs, chans, strict=True)]
 
     def distance_windows(self, aligned: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """``D`` per window, float32 ``(ceil(H/s), ceil(W/s))``; 0 where the window is not valid."""
-        feats = self.features(aligned)
-        if len(feats) == 1:
-            d = self._us[0].score(*feats[0])
-        else:
-            d = self._us[0].score_squared(*feats[0])
-            for us, f in zip(self._us[1:], feats[1:], strict=True):
-                np.add(d, us.score_squared(*f), out=d)
-            d *= np.float32(1.0 / len(feats))
-            cv2.sqrt(d, dst=d)
+        """``D`` per window, float32 ``(ceil(H/s), ceil(W/s))``; 0 where the window is not valid.
+
+        Computed band by band of window rows, features and score fused (cache-sized work
+        arrays); equal to ``unit_space.score(*rt_features(golden, aligned))`` up to float
+        rounding.  A transform serves one thread at a time.
+        """
+        chans = [g.check(c) for g, c in zip(self._gs, self._split(aligned), strict=True)]
+        g0 = self._gs[0]
+        d = np.empty((g0.nh, g0.nw), np.float32)
+        inv_c = np.float32(1.0 / len(chans))
+        for j0, j1 in g0.bands():
+            if len(chans) == 1:
+                self._fused[0].band(chans[0], j0, j1, d[j0:j1], squared=False)
+                continue
+            acc = np.zeros((j1 - j0, g0.nw), np.float32)
+            tmp = np.empty_like(acc)
+            for fu, c in zip(self._fused, chans, strict=True):
+                fu.band(c, j0, j1, tmp, squared=True)
+                acc += tmp
+            acc *= inv_c
+            cv2.sqrt(acc, dst=d[j0:j1])
         if valid is not None:
-            d[self.window_valid(valid) == 0] = 0.0
+            d = cv2.copyTo(d, self.window_valid(valid))  # 0 where the mask is 0
         return d
+
+    def _split(self, aligned: np.ndarray) -> list[np.ndarray]:
+        chans = _split_channels(np.asarray(aligned), self.channels)
+        if len(chans) != len(self._gs):
+            raise ValueError(f"frame has {len(chans)} channels, golden {len(self._gs)}")
+        return chans
 
     def window_valid(self, valid: np.ndarray) -> np.ndarray:
         """uint8 per-window mask: 255 where the whole ``k×k`` window lies on valid pixels."""
@@ -671,7 +782,7 @@ class NsoartcTransform:
         h, w = self.shape
         nh, nw = d_windows.shape
         s = self.stride
-        big = cv2.resize(d_windows, (nw * s, nh * s), interpolation=cv2.INTER_NEAREST)
+        big = cv2.resize(d_windows, (nw * s, nh * s), interpolation=cv2.INTER_NEAREST_EXACT)
         return big[:h, :w]
 
     def distance(self, aligned: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

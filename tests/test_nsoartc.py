@@ -275,3 +275,17 @@ def test_mismatched_unit_space_rejected() -> None:
     tr = NsoartcTransform(g, us, k=5)
     with pytest.raises(ValueError, match="shape"):
         tr.distance(g[:30])
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_transform_equals_score_of_features(stride: int, dtype: type) -> None:
+    """The fused, banded hot path equals UnitSpace.score(rt_features(...)), bands included."""
+    g = textured((300, 90), seed=8)  # > 128 rows: several bands
+    us = UnitSpace.synthesize(g, 7, stride, n=9, seed=2)
+    tr = NsoartcTransform(g.astype(dtype), us, k=7, stride=stride)
+    x = g.copy()
+    x[100:140, 30:50] = 255
+    x = x.astype(dtype)
+    expected = us.score(*rt_features(g.astype(dtype), x, k=7, stride=stride))
+    np.testing.assert_allclose(tr.distance_windows(x), expected, rtol=1e-4, atol=1e-3)
