@@ -738,7 +738,7 @@ class NsoartcTransform:
 
         Computed band by band of window rows, features and score fused (cache-sized work
         arrays); equal to ``unit_space.score(*rt_features(golden, aligned))`` up to float
-        rounding.  A transform serves one thread at a time.
+        rounding.  Keeps no per-frame state: a transform may be shared by threads.
         """
         chans = [g.check(c) for g, c in zip(self._gs, self._split(aligned), strict=True)]
         g0 = self._gs[0]
