@@ -437,7 +437,9 @@ class UnitSpace:
             Σ = (1 − λ)·S + λ·P,   λ = shrink, default 2 / (M + 1)  (1 when M = 1)
 
         so ``Σ`` is never singular, even for windows whose features never move (flat black areas
-        give ``β ≡ 0``).
+        give ``β ≡ 0``).  ``spread > 0`` first replaces each window's variances by their maximum
+        over the ``(2·spread+1)²`` neighbouring windows (tolerance for edges that wander further
+        than in the good frames; off by default, not used in the DeepPCB setting).
         """
         n = 0
         s1 = s2 = s11 = s22 = s12 = None

@@ -289,3 +289,16 @@ def test_transform_equals_score_of_features(stride: int, dtype: type) -> None:
     x = x.astype(dtype)
     expected = us.score(*rt_features(g.astype(dtype), x, k=7, stride=stride))
     np.testing.assert_allclose(tr.distance_windows(x), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_spread_widens_tolerance_near_edges() -> None:
+    g = np.zeros((40, 40), np.uint8)
+    g[:, 20:] = 255  # one vertical edge
+    frames = list(synth_good_frames(g, n=12, seed=0))
+    feats = [rt_features(g, f, k=5) for f in frames]
+    base = UnitSpace.fit(feats, shrink=0.0)
+    wide = UnitSpace.fit(feats, shrink=0.0, spread=3)
+    var_base = base.inv_c / (base.inv_a * base.inv_c - base.inv_b**2)  # Σ_11
+    var_wide = wide.inv_c / (wide.inv_a * wide.inv_c - wide.inv_b**2)
+    assert np.all(var_wide >= var_base * (1 - 1e-4))
+    assert float(var_wide[:, 13].mean()) > 2 * float(var_base[:, 13].mean())  # 3 px off the edge
