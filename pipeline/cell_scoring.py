@@ -34,9 +34,12 @@ class CellScorer:
     """Scores ``D`` maps of one frame size on one grid; masks and maps are built once."""
 
     def __init__(self, grid: AddressGrid, shape: tuple[int, int], *, inset: int,
-                 quantile: float = 1.0) -> None:
+                 quantile: float = 1.0, support: int = 1) -> None:
         self.grid = grid
         self.quantile = quantile
+        # D eroded over support×support patches first: a defect raises D over a blob at least
+        # k wide, the thin lines of a wandering edge vanish (DeepPCB: support 3)
+        self._support = np.ones((support, support), np.uint8) if support > 1 else None
         self.shape = shape
         self.interior = _mask(grid, shape, inset)
         h, w = shape
@@ -47,9 +50,13 @@ class CellScorer:
         self._thr_key: tuple[float, ...] | None = None
         self._thr_map = np.empty((h, w), np.float32)
 
+    def prepare(self, d: np.ndarray) -> np.ndarray:
+        """``D`` as the cells see it: eroded over the support patch (when set)."""
+        return d if self._support is None else cv2.erode(d, self._support)
+
     def __call__(self, d: np.ndarray) -> dict[str, float]:
         """Score per cell (``D`` is 0 already where alignment left no valid pixels)."""
-        return self.grid.cell_scores(d * self.interior, quantile=self.quantile)
+        return self.grid.cell_scores(self.prepare(d) * self.interior, quantile=self.quantile)
 
     def _threshold_map(self, thresholds: dict[str, float]) -> np.ndarray:
         key = tuple(thresholds[a] for a in self.addresses)
@@ -64,6 +71,7 @@ class CellScorer:
         """Scores with the pixels of defect blobs centred in another cell left out."""
         if not any(s > thresholds[a] for a, s in scores.items()):
             return scores
+        d = self.prepare(d)
         over = (d > self._threshold_map(thresholds)).astype(np.uint8)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(over, connectivity=8)
         foreign = np.zeros(self.shape, np.float32)

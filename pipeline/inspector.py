@@ -66,6 +66,10 @@ class InspectionResult:
         }
 
 
+class _GoldenProblem(Exception):
+    """A per-frame golden that cannot be used (its reason is the result's reason)."""
+
+
 class _Stages:
     """The recipe-bound objects of one golden: aligner, transform, judge."""
 
@@ -123,14 +127,15 @@ class Inspector:
             return self._base
         stages = self._derived.get(key)
         if stages is None:
-            golden = read_image(key)  # ValueError → error result with reason
-            recipe = build_recipe(
-                [],
-                self.recipe.settings.grid,
-                golden=golden,
-                settings=self.recipe.settings,
-                source=key,
-            )
+            try:
+                golden = read_image(key)
+            except ValueError as exc:
+                raise _GoldenProblem(f"golden_unreadable: {exc}") from None
+            try:
+                recipe = build_recipe([], self.recipe.settings.grid, golden=golden,
+                                      settings=self.recipe.settings, source=key)
+            except ValueError as exc:  # e.g. a blank golden: nothing to align on
+                raise _GoldenProblem(f"golden_unusable: {key}: {exc}") from None
             recipe.hash = self.recipe.hash
             stages = _Stages(recipe)
             self._derived[key] = stages
@@ -177,8 +182,8 @@ class Inspector:
             image = (image >> 8).astype(np.uint8)
         try:
             st = self._stages_for(frame)
-        except ValueError as exc:
-            return self._error(part_id, f"golden_unreadable: {exc}", t0, timings)
+        except _GoldenProblem as exc:
+            return self._error(part_id, str(exc), t0, timings)
         settings = st.recipe.settings
         channels = settings.nsoartc.channels
         image = to_channels(image, channels)

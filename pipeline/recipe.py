@@ -24,7 +24,13 @@ from pipeline.align import Aligner
 from pipeline.cell_scoring import CellScorer
 from pipeline.grid import AddressGrid
 from pipeline.metric_judge import fit_thresholds
-from pipeline.nsoartc import NsoartcTransform, UnitSpace, rt_features, synth_good_frames
+from pipeline.nsoartc import (  # the golden-side sums are computed once per recipe build
+    NsoartcTransform,
+    UnitSpace,
+    _GoldenSums,
+    _split_channels,
+    synth_good_frames,
+)
 from pipeline.photometric import PhotometricNormalizer
 from station.errors import ConfigError
 from station.yamlconf import YamlDoc, build_dataclass, load_yaml
@@ -85,13 +91,14 @@ class UnitSpaceSettings:
     shift: float = 0.5  # sub-pixel shift ± px
     morph: int = 1  # edges eroded / dilated by this many px
     morph_shape: Literal["cross", "rect"] = "cross"
+    morph_amount: float = 1.0  # share of the erosion/dilation blended in (0.5: half a pixel)
     gain: float = 0.03
     noise: float = 2.0
 
     def synth_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of synth_good_frames."""
         return {"shift": self.shift, "morph": self.morph, "morph_shape": self.morph_shape,
-                "gain": self.gain, "noise": self.noise}
+                "morph_amount": self.morph_amount, "gain": self.gain, "noise": self.noise}
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,8 @@ class ThresholdSettings:
     statistic: Literal["max", "quantile"] = "max"  # cell score = max of D, or a quantile
     quantile: float = 0.99
     inset: int | None = None  # px of each cell's border left to its windows (default k // 2)
+    support: int = 1  # D eroded support×support before the cell max (removes thin edge lines)
+    pooled: bool = False  # one threshold for all cells (from all cells' good scores)
     margin: float = 1.3
     floor: float = 3.0
     calibration_synth: int = 16  # synthesised calibration frames when real ones are few
@@ -110,6 +119,8 @@ class ThresholdSettings:
             raise ValueError("quantile must be in [0.5, 1]")
         if self.margin < 1.0 or self.floor < 0:
             raise ValueError("margin must be >= 1 and floor >= 0")
+        if not 1 <= self.support <= 15:
+            raise ValueError("support must be in [1, 15]")
 
 
 @dataclass(frozen=True)
@@ -268,7 +279,7 @@ def _cell_scorer(grid: AddressGrid, shape: tuple[int, int],
                  settings: RecipeSettings) -> CellScorer:
     c = settings.cells
     inset = settings.nsoartc.window // 2 if c.inset is None else c.inset
-    return CellScorer(grid, shape, inset=inset,
+    return CellScorer(grid, shape, inset=inset, support=c.support,
                       quantile=1.0 if c.statistic == "max" else c.quantile)
 
 
@@ -365,8 +376,16 @@ def build_recipe(
     fit_images = [f for f, _ in fit_frames]
     synth_frames = synth_good_frames(golden, n=n_synth, seed=us.seed, **us.synth_kwargs())
     fit_images += list(synth_frames)
+    sums = [_GoldenSums(c, n.window, n.stride, 1e-6) for c in _split_channels(golden, channels)]
+
+    def features(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        per = [g.features(c) for g, c in zip(sums, _split_channels(frame, channels), strict=True)]
+        if len(per) == 1:
+            return per[0]
+        return np.stack([b for b, _ in per]), np.stack([s for _, s in per])
+
     unit_space = UnitSpace.fit(
-        (rt_features(golden, f, k=n.window, stride=n.stride) for f in fit_images),
+        (features(f) for f in fit_images),
         shrink=us.shrink,
         meta={"k": n.window, "stride": n.stride, "channels": channels,
               "real_frames": len(fit_frames), "synth_frames": n_synth},
@@ -384,7 +403,8 @@ def build_recipe(
     scorer = _cell_scorer(grid, golden.shape[:2], base)
     good_scores = [scorer(transform.distance(img, valid))
                    for img, valid in zip(cal_images, cal_valid, strict=True)]
-    thresholds = fit_thresholds(good_scores, margin=t.margin, floor=t.floor)
+    thresholds = fit_thresholds(good_scores, margin=t.margin, floor=t.floor,
+                                per_cell=not t.pooled)
     built = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "good_frames": len(good_frames),

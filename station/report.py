@@ -99,6 +99,8 @@ class ReportBuilder:
         if outcome:
             self.part_confusion[outcome] += 1
         if r.verdict is Verdict.ERROR or not r.cell_scores:
+            if "boxes" in o.frame.meta:  # an unjudged board finds none of its defects
+                self._add_boxes(o, set())
             return
         ratio = max(v / max(self.thresholds.get(c, 1.0), 1e-9) for c, v in r.cell_scores.items())
         if o.truth_label:
