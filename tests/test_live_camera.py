@@ -64,8 +64,9 @@ class StreamServer:
 
 
 def _listening(port: int) -> bool:
-    """True when something listens on 127.0.0.1:port (checked via /proc, no connection made:
-    the one-client ffmpeg server must not be consumed by the probe)."""
+    """True when something listens on 127.0.0.1:port, or has already accepted its one client
+    there (checked via /proc, no connection made: the one-client ffmpeg server must not be
+    consumed by the probe, and a reconnecting camera may take it between two probes)."""
     hexport = f":{port:04X}"
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -74,7 +75,7 @@ def _listening(port: int) -> bool:
             continue
         for line in lines:
             parts = line.split()
-            if parts[1].endswith(hexport) and parts[3] == "0A":  # 0A = LISTEN
+            if parts[1].endswith(hexport) and parts[3] in ("0A", "01"):  # LISTEN, ESTABLISHED
                 return True
     return False
 
