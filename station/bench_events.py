@@ -68,23 +68,28 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
-def synthetic_recipe(folder: str | Path, *, seed: int = 1, n_good: int = 8) -> Path:
-    """Build and save a recipe for the synthetic pin line (what ``camera: synthetic`` renders)."""
+def synthetic_recipe(folder: str | Path, *, seed: int = 1, n_good: int = 8,
+                     size: tuple[int, int] = (640, 480)) -> Path:
+    """Build and save a recipe for the synthetic pin line (what ``camera: synthetic`` renders)
+    with the demo's recipe settings (``station/defaults/synthetic.yaml``)."""
     import numpy as np
 
     from camera.synthetic import LineSpec, grid_config, make_part, render_golden
     from pipeline.recipe import build_recipe
+    from station.recipe_tools import DEFAULTS_DIR, load_settings_file
 
-    spec = LineSpec()
+    spec = LineSpec(size=size)
     rng = np.random.default_rng(seed)
     goods = [make_part(spec, rng).image for _ in range(n_good)]
-    recipe = build_recipe(goods, grid_config(spec), golden=render_golden(spec), name="synthetic")
+    settings = load_settings_file(DEFAULTS_DIR / "synthetic.yaml", grid_config(spec))
+    recipe = build_recipe(goods, settings.grid, golden=render_golden(spec), name="synthetic",
+                          settings=settings)
     recipe.save(folder)
     return Path(folder)
 
 
 def write_part_frames(folder: str | Path, n: int = 20, *, seed: int = 2,
-                      defect_every: int = 4) -> str:
+                      defect_every: int = 4, size: tuple[int, int] = (640, 480)) -> str:
     """Render ``n`` synthetic parts (every ``defect_every``-th with one defect) as lossless PNGs;
     returns the image-sequence pattern LiveCamera plays like a camera (``loop`` + ``fps``)."""
     import cv2
@@ -92,7 +97,7 @@ def write_part_frames(folder: str | Path, n: int = 20, *, seed: int = 2,
 
     from camera.synthetic import LineSpec, make_part, sample_defects
 
-    spec = LineSpec()
+    spec = LineSpec(size=size)
     rng = np.random.default_rng(seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -317,6 +322,7 @@ class StationClient:
 
 @contextlib.contextmanager
 def synthetic_station(workdir: str | Path, *, recipe: str | Path | None = None,
+                      size: tuple[int, int] = (640, 480),
                       **config: Any) -> Iterator[StationProcess]:
     """A ready station process on the synthetic line in ``workdir`` (recipe built if not given).
 
@@ -327,9 +333,9 @@ def synthetic_station(workdir: str | Path, *, recipe: str | Path | None = None,
     if recipe is None:
         recipe = workdir / "recipe"
         if not (recipe / "recipe.yaml").is_file():
-            synthetic_recipe(recipe)
+            synthetic_recipe(recipe, size=size)
     if config.get("camera") == "frames":
-        config["camera"] = write_part_frames(workdir / "frames")
+        config["camera"] = write_part_frames(workdir / "frames", size=size)
         config.setdefault("fps", 30.0)
         config.setdefault("loop", True)
     cfg = write_config(workdir / "station.yaml", recipe=recipe, state_dir=workdir / "state",
@@ -431,7 +437,7 @@ def bench_pubsub(n: int = 5000, *, rate_hz: float = 1000.0, fsync: bool = True,
 
 
 def bench_trigger(n: int = 200, *, workdir: str | Path | None = None, warmup: int = 10,
-                  fps: float = 30.0) -> dict[str, Any]:
+                  fps: float = 30.0, size: tuple[int, int] = (1280, 1024)) -> dict[str, Any]:
     """Trigger → result latency of a real station process on the metric path.
 
     The camera is LiveCamera playing pre-rendered synthetic parts at ``fps`` (the station waits
@@ -443,7 +449,7 @@ def bench_trigger(n: int = 200, *, workdir: str | Path | None = None, warmup: in
     tmp = tempfile.TemporaryDirectory() if workdir is None else None
     folder = Path(tmp.name if tmp else workdir)  # type: ignore[arg-type]
     try:
-        with synthetic_station(folder, camera="frames", fps=fps) as st, \
+        with synthetic_station(folder, camera="frames", fps=fps, size=size) as st, \
                 StationClient(st.endpoints) as c:
             c.wait_live()
             lat: list[float] = []
@@ -474,7 +480,8 @@ def bench_trigger(n: int = 200, *, workdir: str | Path | None = None, warmup: in
     finally:
         if tmp is not None:
             tmp.cleanup()
-    return {"parts": n, "camera_fps": fps, "trigger_to_result": summarize(lat),
+    return {"parts": n, "frame": list(size), "camera_fps": fps,
+            "trigger_to_result": summarize(lat),
             "trigger_to_result_without_frame_wait": summarize(no_wait), "verdicts": verdicts,
             "station_ms": {k: summarize(v) for k, v in parts.items()}}
 
