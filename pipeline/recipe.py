@@ -186,15 +186,7 @@ class Recipe:
 
     def make_aligner(self) -> Aligner:
         """An Aligner for this recipe's golden and alignment settings."""
-        a = self.settings.align
-        return Aligner(
-            to_channels(self.golden, "grey"),
-            motion=a.motion,
-            min_score=a.min_score,
-            max_shift_px=a.max_shift_px,
-            max_rotation_deg=a.max_rotation_deg,
-            scale=a.scale,
-        )
+        return make_aligner(self.golden, self.settings.align)
 
     def make_photometric(self) -> PhotometricNormalizer:
         """The lighting-drift normaliser for this recipe's golden."""
@@ -299,17 +291,22 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _median_golden(frames: Sequence[np.ndarray], settings: AlignSettings) -> np.ndarray:
-    """Golden = per-pixel median of the good frames aligned to the first (less noise than one)."""
-    ref = frames[0]
-    aligner = Aligner(
-        to_channels(ref, "grey"),
+def make_aligner(golden: np.ndarray, settings: AlignSettings) -> Aligner:
+    """An Aligner on the grey version of ``golden`` with the recipe's alignment settings."""
+    return Aligner(
+        to_channels(golden, "grey"),
         motion=settings.motion,
         min_score=settings.min_score,
         max_shift_px=settings.max_shift_px,
         max_rotation_deg=settings.max_rotation_deg,
         scale=settings.scale,
     )
+
+
+def _median_golden(frames: Sequence[np.ndarray], settings: AlignSettings) -> np.ndarray:
+    """Golden = per-pixel median of the good frames aligned to the first (less noise than one)."""
+    ref = frames[0]
+    aligner = make_aligner(ref, settings)
     stack = [ref]
     for f in frames[1:]:
         a = aligner.align(f)
@@ -346,15 +343,7 @@ def build_recipe(
     if golden is None:
         golden = _median_golden([to_channels(f, channels) for f in good_frames], base.align)
     golden = to_channels(golden, channels)
-    grey_golden = to_channels(golden, "grey")
-    aligner = Aligner(
-        grey_golden,
-        motion=base.align.motion,
-        min_score=base.align.min_score,
-        max_shift_px=base.align.max_shift_px,
-        max_rotation_deg=base.align.max_rotation_deg,
-        scale=base.align.scale,
-    )
+    aligner = make_aligner(golden, base.align)
     photometric = PhotometricNormalizer(golden, base.align.photometric)
     aligned: list[tuple[np.ndarray, np.ndarray | None]] = []
     for f in good_frames:

@@ -20,4 +20,6 @@ echo "== installing the package with its pinned test dependencies"
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== pytest"
+# the package registries are reachable here: also test deploy/install.sh building its venv
+export STATION_TEST_INSTALL_VENV=${STATION_TEST_INSTALL_VENV:-1}
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,65 @@ def test_replay_publishes_journaled_events(tmp_path: Path, synthetic_line: Path,
         assert topic == f"insp.result.{e['verdict']}"
         assert e["frame"] and e["part_id"]
     assert (tmp_path / "state" / "journal").is_dir()
+
+
+def test_eval_manifest_layout(tmp_path: Path, synthetic_line: Path,
+                              synthetic_recipe: Recipe) -> None:
+    """``station eval`` on a manifest scores it like a replay with ground truth."""
+    p = station("eval", str(synthetic_line), "--layout", "manifest", "--recipe",
+                str(synthetic_recipe.folder), "--report", str(tmp_path / "rep"))
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["parts"] == summary["labelled"] == 21
+    assert summary["misses"] == 0
+    assert json.loads((tmp_path / "rep" / "report.json").read_text()) == summary
+
+
+def test_demo_serve_answers_triggers(tmp_path: Path, synthetic_recipe: Recipe) -> None:
+    """``station demo --serve``: a live station on the synthetic line (ports from --config)."""
+    import socket
+
+    import zmq
+
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(
+        f"recipe: {synthetic_recipe.folder}\n"
+        f"station: {{id: demo-test, state_dir: {tmp_path / 'state'}}}\n"
+        f"events: {{pub: 'tcp://127.0.0.1:{ports[0]}', trigger: 'tcp://127.0.0.1:{ports[1]}',"
+        f" catchup: 'tcp://127.0.0.1:{ports[2]}'}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "station.cli", "demo", "--serve", "--config",
+                             str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"insp.result")
+    sub.connect(f"tcp://127.0.0.1:{ports[0]}")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{ports[1]}")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the station says it is ready
+        assert "demo station ready" in line, line
+        time.sleep(0.5)  # the subscription reaches the PUB socket (ZeroMQ slow joiner)
+        results = []
+        for i in range(5):
+            dealer.send_multipart([b"", json.dumps({"cmd": "trigger",
+                                                    "part_id": f"D{i}"}).encode()])
+            assert dealer.poll(10000)
+            ack = json.loads(dealer.recv_multipart()[-1])
+            assert ack["ok"] is True, ack
+            assert sub.poll(20000)
+            results.append(json.loads(sub.recv_multipart()[1]))
+        assert [r["part_id"] for r in results] == [f"D{i}" for i in range(5)]
+        assert all(r["verdict"] in ("pass", "defect") for r in results)
+        assert [r["seq"] for r in results] == sorted({r["seq"] for r in results})
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        sub.close()
+        dealer.close()
