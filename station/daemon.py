@@ -212,24 +212,10 @@ class StationDaemon:
         self._last_status = time.monotonic()
 
     def _build_inspector(self) -> Any:
-        """``pipeline.inspector.build_inspector(config)`` when it exists, else the same steps
-        replay takes: recipe, VLM stage from the recipe + ``vlm:`` overrides, policy."""
-        try:
-            from pipeline.inspector import build_inspector
-        except ImportError:
-            build_inspector = None
-        if build_inspector is not None:
-            return build_inspector(self.config)
-        from pipeline.inspector import Inspector
-        from pipeline.recipe import Recipe
-        from station.recipe_tools import build_vlm
+        """The same Inspector replay builds from this config (recipe, VLM stage, policy)."""
+        from station.recipe_tools import build_inspector
 
-        cfg = self.config
-        recipe = Recipe.load(cfg.resolve(cfg.recipe))
-        vlm = build_vlm(recipe, dict(cfg.vlm), cache_dir=cfg.resolve(cfg.station.cache_dir))
-        if vlm is None and cfg.policy in ("vlm", "both"):
-            raise ConfigError(f"policy {cfg.policy!r} needs the VLM judge (vlm.enabled: true)")
-        return Inspector(recipe, vlm=vlm, policy=cfg.policy)
+        return build_inspector(self.config)
 
     def _build_recorder(self) -> Any | None:
         rec = getattr(self.config, "recording", None)

@@ -38,30 +38,36 @@ def load_grid_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def inspector_from_args(args: Any) -> tuple[Inspector, StationConfig | None]:
-    """Build the Inspector for replay/eval from ``--config`` or ``--recipe`` (+ ``--policy``)."""
-    cfg = None
-    if getattr(args, "config", None):
-        cfg = load_config(args.config)
-        recipe = Recipe.load(cfg.resolve(cfg.recipe))
-        policy = cfg.policy
-        vlm_overrides = dict(cfg.vlm)
-    elif getattr(args, "recipe", None):
-        recipe = Recipe.load(args.recipe)
-        policy = "any"
-        vlm_overrides = {}
-    else:
-        raise ConfigError("give --config STATION_YAML or --recipe RECIPE_DIR")
-    if getattr(args, "policy", None):
-        policy = args.policy
-    if getattr(args, "vlm", None):
-        vlm_overrides["model_dir"] = str(Path(args.vlm).resolve())
-        vlm_overrides.setdefault("enabled", True)
-    vlm = build_vlm(recipe, vlm_overrides, cache_dir=cfg.resolve(cfg.station.cache_dir)
-                    if cfg else None)
+def build_inspector(cfg: StationConfig, *, policy: str | None = None,
+                    vlm_overrides: dict[str, Any] | None = None) -> Inspector:
+    """The Inspector a station config describes: its recipe, the VLM stage (recipe ``vlm:`` +
+    the config's overrides + ``vlm_overrides``) and its decision policy (or ``policy``)."""
+    recipe = Recipe.load(cfg.resolve(cfg.recipe))
+    return _inspector(recipe, policy or cfg.policy, {**cfg.vlm, **(vlm_overrides or {})},
+                      cfg.resolve(cfg.station.cache_dir))
+
+
+def _inspector(recipe: Recipe, policy: str, vlm_overrides: dict[str, Any],
+               cache_dir: Path | None) -> Inspector:
+    vlm = build_vlm(recipe, vlm_overrides, cache_dir=cache_dir)
     if vlm is None and policy in ("vlm", "both"):
         raise ConfigError(f"policy {policy!r} needs the VLM judge (vlm.enabled: true)")
-    return Inspector(recipe, vlm=vlm, policy=policy), cfg
+    return Inspector(recipe, vlm=vlm, policy=policy)
+
+
+def inspector_from_args(args: Any) -> tuple[Inspector, StationConfig | None]:
+    """Build the Inspector for replay/eval from ``--config`` or ``--recipe`` (+ ``--policy``,
+    ``--vlm MODEL_DIR``)."""
+    overrides: dict[str, Any] = {}
+    if getattr(args, "vlm", None):
+        overrides = {"model_dir": str(Path(args.vlm).resolve()), "enabled": True}
+    policy = getattr(args, "policy", None)
+    if getattr(args, "config", None):
+        cfg = load_config(args.config)
+        return build_inspector(cfg, policy=policy, vlm_overrides=overrides), cfg
+    if getattr(args, "recipe", None):
+        return _inspector(Recipe.load(args.recipe), policy or "any", overrides, None), None
+    raise ConfigError("give --config STATION_YAML or --recipe RECIPE_DIR")
 
 
 def build_vlm(recipe: Recipe, overrides: dict[str, Any], cache_dir: Path | None = None):
