@@ -87,7 +87,9 @@ class MetricJudge:
         finite = [float(s) for s in cell_scores.values() if math.isfinite(float(s))]
         details = {
             "max_score": max(finite) if finite else None,
-            "cells": {a: float(s) for a, s in cell_scores.items()},
+            # 4 decimals: D is a distance in units of the unit space's spread; more digits only
+            # bloat every event
+            "cells": {a: round(float(s), 4) for a, s in cell_scores.items()},
         }
         verdict = Verdict.DEFECT if defects else Verdict.PASS
         return JudgeResult(judge="metric", verdict=verdict, defects=defects, details=details)

@@ -73,6 +73,9 @@ class EventsSection:
     heartbeat_s: float = 1.0
     catchup_batch: int = 500
     trigger_queue: int = 16
+    # the on-disk journal behind catch-up: segments of this size, oldest dropped past the total
+    journal_segment_mb: float = 16.0
+    journal_max_mb: float = 256.0
 
     def validate(self) -> None:
         for name in ("pub", "trigger", "catchup"):
@@ -87,6 +90,8 @@ class EventsSection:
             raise ValueError("heartbeat_s must be in [0.05, 10]")
         if self.catchup_batch < 1 or self.trigger_queue < 1:
             raise ValueError("catchup_batch and trigger_queue must be >= 1")
+        if not 0.01 <= self.journal_segment_mb <= self.journal_max_mb:
+            raise ValueError("need 0.01 <= journal_segment_mb <= journal_max_mb")
 
 
 @dataclass(frozen=True)

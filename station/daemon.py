@@ -170,7 +170,10 @@ class StationDaemon:
     def _start(self) -> None:
         cfg = self.config
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(self.state_dir / "journal")
+        ev = cfg.events
+        self.journal = Journal(self.state_dir / "journal",
+                               segment_bytes=int(ev.journal_segment_mb * 2**20),
+                               max_bytes=int(ev.journal_max_mb * 2**20))
         self._ctx = zmq.Context()
         self._pub, pub_ep = make_pub(self._ctx, cfg.events.pub)
         trigger, trig_ep = make_router(self._ctx, cfg.events.trigger, "events.trigger")
