@@ -5,7 +5,7 @@ configured backend) and prints its family, size, quantisation (4-bit layers), pr
 template and the result and latency of a one-image smoke inference; a folder that cannot serve is
 a one-line error with exit code 78.
 
-``station model tiny DIR [--family mllama|qwen2_vl|qwen2_5_vl]`` writes a randomly initialised
+``station model tiny DIR [--family mllama|qwen2_vl|qwen2_5_vl|llava]`` writes a randomly initialised
 model of a supported family with a working tokenizer, processor and chat template, built in code
 (nothing is downloaded): a stand-in for a real model in smoke tests and demos.  Its answers are
 noise.
@@ -46,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = msub.add_parser("tiny", help="write a tiny randomly initialised VLM (offline)")
     t.add_argument("dir", help="output folder (created; must be empty)")
-    t.add_argument("--family", choices=("mllama", "qwen2_vl", "qwen2_5_vl"), default="qwen2_vl")
+    t.add_argument(
+        "--family", choices=("mllama", "qwen2_vl", "qwen2_5_vl", "llava"), default="qwen2_vl"
+    )
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=run_tiny)
 

@@ -32,7 +32,7 @@ def test_model_without_subcommand_prints_usage(capsys):
 
 
 @pytest.mark.vlm
-@pytest.mark.parametrize("family", ["qwen2_vl", "mllama"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "mllama", "llava"])
 def test_tiny_then_check(tmp_path, capsys, family):
     pytest.importorskip("torch")
     out = tmp_path / family
@@ -46,7 +46,9 @@ def test_tiny_then_check(tmp_path, capsys, family):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["ok"] and report["family"] == family and report["backend"] == "transformers"
     assert report["quantisation"]["is_4bit"] and report["quantisation"]["linear_4bit"] > 0
-    assert report["chat_template"] and report["processor"].endswith(("Processor", "ImageOnly"))
+    assert report["chat_template"] and report["processor"].endswith(
+        ("Processor", "ImageOnly", "Pil")
+    )
     assert report["smoke"]["verdict"] in ("pass", "defect")
     assert 0.0 <= report["smoke"]["p_defect"] <= 1.0
 

@@ -1,4 +1,4 @@
-"""The VLM judge with real tiny random 4-bit models (Llama-3.2-Vision and Qwen2-VL) on the CPU.
+"""The VLM judge with real tiny random 4-bit models (Llama-3.2-Vision, Qwen2-VL, Pixtral) on a CPU.
 
 The models are written from configs in code by ``pipeline.vlm.tiny`` (tokenizer, processor and
 all: nothing is downloaded) and loaded in 4 bit through transformers + bitsandbytes.
@@ -25,7 +25,7 @@ from station.errors import ConfigError
 COLS = [str(i) for i in range(1, 10)]
 ROWS = ["U", "C", "D"]
 CELLS = {f"X:{c}, Y:{r}" for c in COLS for r in ROWS}
-FAMILIES = ["qwen2_vl", "mllama"]
+FAMILIES = ["qwen2_vl", "mllama", "llava"]
 pytestmark = pytest.mark.filterwarnings("ignore:`hidden_state` is deprecated:FutureWarning")
 
 
@@ -353,6 +353,51 @@ def test_warmup_and_one_shot(loaded, tmp_path):
             one_shot_image=str(tmp_path / "nope.png"),
             one_shot_address="X:1, Y:U",
         )
+
+
+@pytest.mark.vlm
+def test_pixtral_prompt_text_image_rows_and_one_shot(loaded, tmp_path):
+    # Pixtral's published template reads text parts from "content" and wants string assistant
+    # turns: without the judge's conversion the instruction would silently render empty.
+    from pipeline.vlm.judge import VlmJudge
+    from pipeline.vlm.pixtral import PixtralProcessorPil
+    from pipeline.vlm.prompts import to_pixtral_messages
+
+    lm = loaded["llava"]
+    assert isinstance(lm.processor, PixtralProcessorPil)  # no torchvision needed
+    s = VlmSettings(one_shot=True, one_shot_image="/x.png", one_shot_address="X:3, Y:C")
+    s.max_image_side = 112
+    p = build_prompt(s, [_img(), _img()], columns=COLS, rows=ROWS, one_shot_image=_img(seed=5))
+    msgs = to_pixtral_messages(p.messages)
+    assert msgs[1]["content"].endswith("- defect position->X:3, Y:C")
+    text = lm.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<s>[INST]" + s.prompts.star + "[IMG][/INST]- image type->")
+    assert text.endswith(p.instruction + "[IMG][IMG][/INST]")
+    ids = lm.processor(images=p.images, text=text, add_special_tokens=False)["input_ids"][0]
+    tok = lm.tokenizer
+    # 120×90 scaled to 112×84, padded to 7 columns × 6 rows of 16-pixel patches; a break after
+    # each row but the last, which ends the image
+    img, brk, end = (tok.convert_tokens_to_ids(t) for t in ("[IMG]", "[IMG_BREAK]", "[IMG_END]"))
+    assert list(ids).count(img) == 3 * 6 * 7 and list(ids).count(brk) == 3 * 5
+    assert list(ids).count(end) == 3
+
+    star = tmp_path / "star.png"
+    _img(seed=3).save(star)
+    settings = VlmSettings(
+        model_dir="unused",
+        max_image_side=112,
+        warmup=False,
+        one_shot=True,
+        one_shot_image=str(star),
+        one_shot_address="X:3, Y:C",
+        threshold=1e-6,
+    )
+    j = VlmJudge(settings, loaded=lm)
+    r = j.judge(_images(2), columns=COLS, rows=ROWS)
+    assert r.verdict == Verdict.DEFECT and r.details["address"] in CELLS
+    assert r.details["tokens_in"] > len(tok.encode(p.instruction, add_special_tokens=False))
+    assert j.model_name.endswith("(llava, transformers, 4-bit)")
+    j.close()
 
 
 @pytest.mark.vlm

@@ -49,6 +49,14 @@ _QWEN_PROCESSORS = {
     "qwen2_vl": "transformers.models.qwen2_vl.Qwen2VLProcessor",
     "qwen2_5_vl": "transformers.models.qwen2_5_vl.Qwen2_5_VLProcessor",
 }
+# Arguments of Pixtral's processor read from a folder's processor_config.json.
+_PIXTRAL_PROCESSOR_KEYS = (
+    "patch_size",
+    "spatial_merge_size",
+    "image_token",
+    "image_break_token",
+    "image_end_token",
+)
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
 
@@ -298,11 +306,12 @@ def _is_corrupt(exc: BaseException) -> bool:
 
 
 def load_processor(folder: ModelFolder, *, trust_remote_code: bool = False) -> Any:
-    """The folder's processor; Qwen-VL families fall back to an image-only PIL processor.
+    """The folder's processor; Qwen-VL and Pixtral fall back to ones built without torchvision.
 
-    transformers 5.x builds Qwen2-VL's processor with a video processor that needs torchvision;
-    where torchvision is missing (or does not match torch) the processor is built from the folder's
-    tokenizer, its PIL image processor (``Qwen2VLImageProcessorPil``) and its chat template.
+    transformers 5.x builds Qwen2-VL's processor with a video processor that needs torchvision, and
+    its ``PixtralProcessor`` imports the torchvision image processor; where torchvision is missing
+    (or does not match torch) the processor is built from the folder's tokenizer, its PIL image
+    processor (``Qwen2VLImageProcessorPil``, ``PixtralImageProcessorPil``) and its chat template.
     """
     from transformers import AutoProcessor
 
@@ -312,15 +321,36 @@ def load_processor(folder: ModelFolder, *, trust_remote_code: bool = False) -> A
             src, local_files_only=True, trust_remote_code=trust_remote_code
         )
     except Exception as exc:
-        if folder.family not in _QWEN_PROCESSORS:
+        pixtral = is_pixtral(folder.config)
+        if folder.family not in _QWEN_PROCESSORS and not pixtral:
             raise ConfigError(f"vlm: cannot load the processor of {src}: {_one_line(exc)}") from exc
-        log.info("vlm: %s; building an image-only processor (PIL image processor)", _one_line(exc))
+        log.info("vlm: %s; building the processor with the PIL image processor", _one_line(exc))
         try:
+            if pixtral:
+                return build_pixtral_processor(src)
             return build_image_only_processor(folder.family, src)
         except Exception as exc2:
             raise ConfigError(
                 f"vlm: cannot load the processor of {src}: {_one_line(exc2)}"
             ) from exc2
+
+
+def is_pixtral(config: dict[str, Any]) -> bool:
+    """Whether a ``config.json`` is Pixtral's (a Llava model with a Pixtral vision tower)."""
+    vision = config.get("vision_config")
+    return config.get("model_type") == "llava" and (
+        isinstance(vision, dict) and vision.get("model_type") == "pixtral"
+    )
+
+
+def _folder_chat_template(src: str, tok: Any) -> str | None:
+    """The folder's chat template file (``.jinja`` or ``.json``), else the tokenizer's."""
+    for name in ("chat_template.jinja", "chat_template.json"):
+        p = Path(src) / name
+        if p.is_file():
+            text = p.read_text(encoding="utf-8")
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return getattr(tok, "chat_template", None)
 
 
 def image_only_processor_class(family: str) -> type:
@@ -351,16 +381,31 @@ def build_image_only_processor(family: str, src: str) -> Any:
 
     tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
     ip = Qwen2VLImageProcessorPil.from_pretrained(src, local_files_only=True)
-    template = None
-    for name in ("chat_template.jinja", "chat_template.json"):
-        p = Path(src) / name
-        if p.is_file():
-            text = p.read_text(encoding="utf-8")
-            template = json.loads(text)["chat_template"] if name.endswith(".json") else text
-            break
-    template = template or getattr(tok, "chat_template", None)
     return image_only_processor_class(family)(
-        image_processor=ip, tokenizer=tok, chat_template=template
+        image_processor=ip, tokenizer=tok, chat_template=_folder_chat_template(src, tok)
+    )
+
+
+def build_pixtral_processor(src: str) -> Any:
+    """Pixtral processor from a folder without torchvision (``pipeline.vlm.pixtral``).
+
+    Tokenizer, ``PixtralImageProcessorPil``, chat template, and the patch size and image tokens of
+    the folder's ``processor_config.json``.
+    """
+    from transformers import AutoTokenizer
+    from transformers.models.pixtral.image_processing_pil_pixtral import (
+        PixtralImageProcessorPil,
+    )
+
+    from pipeline.vlm.pixtral import PixtralProcessorPil
+
+    tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    ip = PixtralImageProcessorPil.from_pretrained(src, local_files_only=True)
+    cfg_path = Path(src) / "processor_config.json"
+    cfg = _read_json(cfg_path) if cfg_path.is_file() else {}
+    kwargs = {k: cfg[k] for k in _PIXTRAL_PROCESSOR_KEYS if cfg.get(k) is not None}
+    return PixtralProcessorPil(
+        image_processor=ip, tokenizer=tok, chat_template=_folder_chat_template(src, tok), **kwargs
     )
 
 

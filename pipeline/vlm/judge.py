@@ -43,9 +43,15 @@ import numpy as np
 from PIL import Image
 
 from pipeline.verdicts import Defect, JudgeResult, Verdict, make_address
-from pipeline.vlm.backends import LoadedModel, load_model
+from pipeline.vlm.backends import LoadedModel, is_pixtral, load_model
 from pipeline.vlm.parser import DEFECT, PASS, parse_answer
-from pipeline.vlm.prompts import Prompt, build_prompt, fit_image, to_tagged_messages
+from pipeline.vlm.prompts import (
+    Prompt,
+    build_prompt,
+    fit_image,
+    to_pixtral_messages,
+    to_tagged_messages,
+)
 from pipeline.vlm.settings import VlmSettings
 from station.errors import ConfigError
 
@@ -139,6 +145,7 @@ class _Engine:
         self.tok = loaded.tokenizer
         self.family = loaded.family
         self.device = loaded.device
+        self.pixtral = is_pixtral(loaded.folder.config)
         self.kv_cache_ok = True
         self.logits_to_keep_ok = True
         self._gen_config: Any = None
@@ -232,8 +239,9 @@ class _Engine:
             msgs = to_tagged_messages(prompt.messages)
             text = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         else:
+            msgs = to_pixtral_messages(prompt.messages) if self.pixtral else prompt.messages
             text = self.processor.apply_chat_template(
-                prompt.messages, add_generation_prompt=True, tokenize=False
+                msgs, add_generation_prompt=True, tokenize=False
             )
         text += prompt.prefill
         inputs = self.processor(

@@ -4,7 +4,9 @@ Messages use the generic multimodal chat format of transformers processors
 (``{"role": "user", "content": [{"type": "text", ...}, {"type": "image"}]}``); the images
 travel separately, in the order of their ``{"type": "image"}`` parts.  As in the source documents,
 the instruction text comes first, then the images.  Families whose chat template only takes
-string content with numbered image tags (Phi-3.5-vision) get :func:`to_tagged_messages`.
+string content with numbered image tags (Phi-3.5-vision) get :func:`to_tagged_messages`; Pixtral,
+whose published template reads text parts from a ``content`` key and assistant turns as strings,
+gets :func:`to_pixtral_messages`.
 """
 
 from __future__ import annotations
@@ -177,4 +179,27 @@ def to_tagged_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             elif part.get("type") == "text":
                 texts.append(part["text"])
         out.append({"role": msg["role"], "content": "\n".join(tags + texts)})
+    return out
+
+
+def to_pixtral_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages that Pixtral's chat templates render in full (first published and later versions).
+
+    The template first published with mistral-community/pixtral-12b reads a text part's ``content``
+    key, so a part with only ``text`` would silently render empty, and adds the end token to an
+    assistant turn's content, so that must be a string.  Text parts get both
+    keys; an assistant turn of text parts becomes one string.
+    """
+    out = []
+    for msg in messages:
+        content = msg["content"]
+        if isinstance(content, str):
+            out.append(dict(msg))
+        elif msg["role"] == "assistant" and all(p.get("type") == "text" for p in content):
+            out.append({**msg, "content": "".join(p["text"] for p in content)})
+        else:
+            parts = [
+                {**p, "content": p["text"]} if p.get("type") == "text" else dict(p) for p in content
+            ]
+            out.append({**msg, "content": parts})
     return out

@@ -6,6 +6,10 @@ a chat template in the family's format, the family's image processor and process
 random weights.  Nothing is downloaded.  The folders load like real checkpoints through
 ``pipeline.vlm.backends`` (``station model tiny DIR``, tests, the GPU benchmark).
 
+Families: ``mllama``, ``qwen2_vl``, ``qwen2_5_vl`` and ``llava`` (Pixtral layout: a Pixtral vision
+tower and a Mistral text model, ``[IMG]``/``[IMG_BREAK]``/``[IMG_END]`` image tokens, Pixtral's
+``[INST]`` chat template and a torchvision-free Pixtral processor).
+
 Shapes: ``tiny`` (a few hundred thousand parameters, seconds on a CPU) or, for Qwen2-VL, the real
 ``2b`` and ``7b`` architectures (Qwen2-VL-2B/7B-Instruct layer sizes; random weights; the small
 tokenizer means the embedding rows past it are never used).
@@ -17,8 +21,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("mllama", "qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("mllama", "qwen2_vl", "qwen2_5_vl", "llava")
 SHAPES = ("tiny", "2b", "7b")
+PIXTRAL_PATCH = 16
+PIXTRAL_PROCESSOR_CONFIG = {
+    "processor_class": "PixtralProcessor",
+    "patch_size": PIXTRAL_PATCH,
+    "spatial_merge_size": 1,
+    "image_token": "[IMG]",
+    "image_break_token": "[IMG_BREAK]",
+    "image_end_token": "[IMG_END]",
+}
 
 _QWEN_SPECIALS = [
     "<|endoftext|>",
@@ -39,6 +52,17 @@ _LLAMA_SPECIALS = [
     "<|finetune_right_pad_id|>",
     "<|python_tag|>",
     "<|image|>",
+]
+_MISTRAL_SPECIALS = [
+    "<unk>",
+    "<s>",
+    "</s>",
+    "[INST]",
+    "[/INST]",
+    "[IMG]",
+    "[IMG_BREAK]",
+    "[IMG_END]",
+    "<pad>",
 ]
 
 # The families' chat templates, reduced to what the station sends (text and image parts; string
@@ -73,6 +97,32 @@ LLAMA_VISION_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
     "{%- endif %}"
 )
+# Pixtral's template as first published with mistral-community/pixtral-12b (later versions also
+# read "text"): text parts are read from their "content" key and an assistant turn must be a
+# string; no generation prompt (the answer follows "[/INST]").  The judge sends messages that suit
+# both versions (pipeline.vlm.prompts.to_pixtral_messages).
+PIXTRAL_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] %}{%- set loop_messages = messages[1:] %}"
+    "{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+    "{{- bos_token }}"
+    "{%- for message in loop_messages %}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{- raise_exception('conversation roles must alternate user/assistant/user/...') }}"
+    "{%- endif %}"
+    "{%- if message['role'] == 'user' %}"
+    "{%- if loop.last and system_message is defined %}{{- '[INST]' + system_message + '\n\n' }}"
+    "{%- else %}{{- '[INST]' }}{%- endif %}"
+    "{%- if message['content'] is not string %}{%- for chunk in message['content'] %}"
+    "{%- if chunk['type'] == 'text' %}{{- chunk['content'] }}"
+    "{%- elif chunk['type'] == 'image' %}{{- '[IMG]' }}"
+    "{%- else %}{{- raise_exception('Unrecognized content type!') }}{%- endif %}"
+    "{%- endfor %}{%- else %}{{- message['content'] }}{%- endif %}"
+    "{{- '[/INST]' }}"
+    "{%- elif message['role'] == 'assistant' %}{{- message['content'] + eos_token }}"
+    "{%- else %}{{- raise_exception('Only user and assistant roles are supported') }}{%- endif %}"
+    "{%- endfor %}"
+)
 
 
 def _corpus() -> list[str]:
@@ -106,7 +156,7 @@ def build_tokenizer(family: str, vocab_size: int = 1200) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     qwen = family.startswith("qwen")
-    specials = _QWEN_SPECIALS if qwen else _LLAMA_SPECIALS
+    specials = {"mllama": _LLAMA_SPECIALS, "llava": _MISTRAL_SPECIALS}.get(family, _QWEN_SPECIALS)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -124,6 +174,15 @@ def build_tokenizer(family: str, vocab_size: int = 1200) -> Any:
             pad_token="<|endoftext|>",
             chat_template=QWEN2_VL_CHAT_TEMPLATE,
             extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        )
+    elif family == "llava":
+        hf = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+            chat_template=PIXTRAL_CHAT_TEMPLATE,
         )
     else:
         hf = PreTrainedTokenizerFast(
@@ -275,6 +334,50 @@ def _mllama_config(tok: Any, shape: str) -> Any:
     return MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_id)
 
 
+def _llava_config(tok: Any, shape: str) -> Any:
+    """Pixtral-12B's layout (Llava with a Pixtral vision tower and a Mistral text model), tiny."""
+    from transformers import LlavaConfig
+
+    if shape != "tiny":
+        raise ValueError(f"shape {shape!r}: only 'tiny' is available for llava")
+    vision = dict(
+        model_type="pixtral",
+        hidden_size=64,  # multiples of 64: bitsandbytes' CPU block size
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=1024,
+        patch_size=PIXTRAL_PATCH,
+        hidden_act="silu",
+    )
+    text = dict(
+        model_type="mistral",
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        sliding_window=None,
+        bos_token_id=tok.convert_tokens_to_ids("<s>"),
+        eos_token_id=tok.convert_tokens_to_ids("</s>"),
+        pad_token_id=tok.convert_tokens_to_ids("<pad>"),
+        tie_word_embeddings=False,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+
+
 def build_processor(family: str, tok: Any) -> Any:
     """The family's processor around ``tok``, with PIL image processors (no torchvision needed)."""
     if family in ("qwen2_vl", "qwen2_5_vl"):
@@ -296,6 +399,21 @@ def build_processor(family: str, tok: Any) -> Any:
 
         ip = MllamaImageProcessorPil(size={"height": 56, "width": 56}, max_image_tiles=4)
         return MllamaProcessor(image_processor=ip, tokenizer=tok, chat_template=tok.chat_template)
+    if family == "llava":
+        from transformers.models.pixtral.image_processing_pil_pixtral import (
+            PixtralImageProcessorPil,
+        )
+
+        from pipeline.vlm.pixtral import PixtralProcessorPil
+
+        patch = {"height": PIXTRAL_PATCH, "width": PIXTRAL_PATCH}
+        ip = PixtralImageProcessorPil(size={"longest_edge": 1024}, patch_size=patch)
+        return PixtralProcessorPil(
+            image_processor=ip,
+            tokenizer=tok,
+            patch_size=PIXTRAL_PATCH,
+            chat_template=tok.chat_template,
+        )
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -324,7 +442,7 @@ def write_tiny_model(
     out.mkdir(parents=True, exist_ok=True)
 
     tok = build_tokenizer(family)
-    make = {"qwen2_vl": _qwen2_vl_config, "qwen2_5_vl": _qwen2_5_vl_config}
+    make = {"qwen2_vl": _qwen2_vl_config, "qwen2_5_vl": _qwen2_5_vl_config, "llava": _llava_config}
     config = make.get(family, _mllama_config)(tok, shape)
     torch.manual_seed(seed)
     dtype = torch.float32 if shape == "tiny" else torch.bfloat16
@@ -335,6 +453,8 @@ def write_tiny_model(
     tok.save_pretrained(out)
     processor = build_processor(family, tok)
     processor.image_processor.save_pretrained(out)
+    if family == "llava":  # as in Pixtral-12B's folders: names PixtralProcessor and its tokens
+        (out / "processor_config.json").write_text(json.dumps(PIXTRAL_PROCESSOR_CONFIG, indent=2))
     (out / "chat_template.jinja").write_text(tok.chat_template)
     info = {
         "family": family,
