@@ -46,6 +46,9 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--parts", type=int, default=24)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--threshold", type=float, default=0.5,
+                    help="scored-mode p_defect threshold (0.999 times the pass path of a "
+                         "random model, which leans to 'defective')")
     args = ap.parse_args()
     import torch
 
@@ -66,7 +69,8 @@ def main() -> int:
         out["gpu"] = torch.cuda.get_device_name(0)
     for mode in args.modes.split(","):
         settings = {"enabled": True, "backend": args.backend, "device": args.device,
-                    "model_dir": str(model_dir), "mode": mode, "timeout_ms": 60000}
+                    "model_dir": str(model_dir), "mode": mode, "timeout_ms": 60000,
+                    "threshold": args.threshold}
         if args.backend == "transformers" and mode == "generate":
             settings["compile_generate"] = True
         t0 = time.perf_counter()
