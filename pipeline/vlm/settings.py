@@ -14,18 +14,6 @@ from typing import Any
 
 # --- prompt texts of the source documents (seeds/000_*, seeds/001_*) ---
 
-INSTRUCTION_DST = (
-    "You are a visual inspector who judges whether a product is passed or defective. Both image2 "
-    "and image3 show a group of pins (cylinders) on the product. These images are top view of the "
-    "pins. The number and arrangement of pins in image2 and image3 are the same. First, you should "
-    "confirm that number and arrangement of pins in image2 and image3 must be the same. Then, you "
-    "should count the quantity of pins in image3. Image2 is an image of passed product. You should "
-    "compare all of pins on the product in image2 and image3 one by one. If you found a "
-    "significant dif-ference on the pins, it is defined as defect. After visual inspection, you "
-    "should describe type of image, quantity of pins, defect mode, and address of defect. You "
-    "should understand that if you find a solid white circle, it is likely to be a defect."
-)
-
 INSTRUCTION_RAW = (
     "You are a visual inspector who judges whether a product is passed or defective. Both image2 "
     "and image3 show a group of pins (cylinders) on the product. These images are top view of the "
@@ -36,6 +24,12 @@ INSTRUCTION_RAW = (
     "significant dif-ference on the pins, it is defined as defect. After visual inspection, you "
     "should describe type of image, quantity of pins, defect mode, and address of defect."
 )
+
+# DST: the same, plus the source documents' hint about what a defect looks like in a metric image.
+SOLID_WHITE_HINT = (
+    " You should understand that if you find a solid white circle, it is likely to be a defect."
+)
+INSTRUCTION_DST = INSTRUCTION_RAW + SOLID_WHITE_HINT
 
 # seeds/001: the one-image prompt (the stray closing quote of the blog's copy is left out).
 INSTRUCTION_SINGLE = (
@@ -58,19 +52,6 @@ INSTRUCTION_STAR = (
 
 # The stacked composition (golden above, test below, one image) follows seeds/002-003 ("the top
 # image is one of passed product ... the bottom image"), worded like the pair prompts above.
-INSTRUCTION_STACKED_DST = (
-    "You are a visual inspector who judges whether a product is passed or defective. The image has "
-    "two images inside: both the top image and the bottom image show a group of pins (cylinders) "
-    "on the product. These images are top view of the pins. The number and arrangement of pins in "
-    "the top image and the bottom image are the same. First, you should confirm that number and "
-    "arrangement of pins in the top image and the bottom image must be the same. Then, you should "
-    "count the quantity of pins "
-    "in the bottom image. The top image is an image of passed product. You should compare all of "
-    "pins on the product in the top image and the bottom image one by one. If you found a "
-    "significant difference on the pins, it is defined as defect. After visual inspection, you "
-    "should describe type of image, quantity of pins, defect mode, and address of defect. You "
-    "should understand that if you find a solid white circle, it is likely to be a defect."
-)
 
 INSTRUCTION_STACKED_RAW = (
     "You are a visual inspector who judges whether a product is passed or defective. The image has "
@@ -84,6 +65,8 @@ INSTRUCTION_STACKED_RAW = (
     "significant difference on the pins, it is defined as defect. After visual inspection, you "
     "should describe type of image, quantity of pins, defect mode, and address of defect."
 )
+
+INSTRUCTION_STACKED_DST = INSTRUCTION_STACKED_RAW + SOLID_WHITE_HINT
 
 # Not in the source documents (their fine-tuned models had learned the format): tells a zero-shot
 # model the answer contract of DESIGN 5.2.  Set to "" to send the seeds' prompts unchanged.
