@@ -24,7 +24,7 @@ from pipeline.recipe import Recipe, build_recipe, read_image, to_channels
 from pipeline.verdicts import Defect, JudgeResult, Verdict
 
 if TYPE_CHECKING:
-    from pipeline.vlm.judge import VlmJudge
+    from pipeline.vlm_stage import VlmStage
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Inspector:
         self,
         recipe: Recipe,
         *,
-        vlm: VlmJudge | None = None,
+        vlm: VlmStage | None = None,
         policy: str = "any",
         golden_cache: int = 8,
     ) -> None:
