@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -40,6 +40,9 @@ from station.events import EventPublisher, catchup_reply, new_boot_id
 from station.journal import Journal
 from station.notify import Notifier
 from station.servers import RequestError, RequestServer, make_pub, make_router
+
+if TYPE_CHECKING:
+    from pipeline.inspector import InspectionResult
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +206,7 @@ class StationDaemon:
             params = _inspect.signature(self.camera.read_latest).parameters
             self._read_accepts_after = "after_ts" in params
         self.camera.start()
-        self._await_camera(float(getattr(cfg.camera, "open_timeout_s", 5.0)))
+        self._await_camera(cfg.camera.open_timeout_s)
 
         with self.publisher.lock:
             self._running = True
@@ -221,8 +224,8 @@ class StationDaemon:
         return build_inspector(self.config)
 
     def _build_recorder(self) -> Any | None:
-        rec = getattr(self.config, "recording", None)
-        if rec is None or not rec.enabled:
+        rec = self.config.recording
+        if not rec.enabled:
             return None
         try:
             from station.recorder import Recorder
@@ -242,7 +245,7 @@ class StationDaemon:
         try:
             return LiveCamera(
                 cam.source, width=cam.width, height=cam.height, fps=cam.fps,
-                fourcc=getattr(cam, "fourcc", None), open_timeout=cam.open_timeout_s,
+                fourcc=cam.fourcc, open_timeout=cam.open_timeout_s,
                 read_timeout=cam.read_timeout_s, reconnect_initial=cam.reconnect.initial_s,
                 reconnect_max=cam.reconnect.max_s, loop=cam.loop,
                 on_health=self._on_camera_health)
@@ -508,8 +511,8 @@ class StationDaemon:
         self._in_hand_since = None
         self._after_result(event, frame, result, record_id)
 
-    def _after_result(self, event: dict[str, Any], frame: Frame, result: Any,
-                      record_id: str | None) -> None:
+    def _after_result(self, event: dict[str, Any], frame: Frame,
+                      result: InspectionResult | None, record_id: str | None) -> None:
         reason = str(event.get("reason") or "")
         if event["verdict"] == "error" and not reason.startswith(("camera_down", "station_")):
             self._errors_in_row += 1
@@ -520,15 +523,15 @@ class StationDaemon:
             if self._degraded:
                 self._set_degraded(False, "inspections succeed again")
         if self.recorder is not None and record_id is not None:
-            images = dict(getattr(result, "images", None) or {})
+            images = dict(result.images) if result is not None else {}
             if not images and frame.image is not None:
                 images = {"frame": frame.image}
-            meta = {"event": event, "prompt": getattr(result, "prompt", None),
-                    "raw_answer": getattr(result, "raw_answer", None),
-                    "frame_meta": frame.meta}
+            meta = {"event": event, "frame_meta": frame.meta,
+                    "prompt": result.prompt if result is not None else None,
+                    "raw_answer": result.raw_answer if result is not None else None}
             # PNG encoding takes tens of ms: the recorder's writer thread does it, after the
             # result is already on the wire.
-            write = getattr(self.recorder, "record_async", None) or self.recorder.record
+            write = self.recorder.record_async
             try:
                 used = write(record_id, images, meta)
                 if used and used != record_id:
