@@ -227,11 +227,8 @@ class StationDaemon:
         rec = self.config.recording
         if not rec.enabled:
             return None
-        try:
-            from station.recorder import Recorder
-        except ImportError:
-            log.warning("recording enabled but station.recorder is not available")
-            return None
+        from station.recorder import Recorder
+
         return Recorder.from_config(self.config)
 
     def _build_camera(self) -> Any:
