@@ -27,7 +27,11 @@ COMMAND_MODULES = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every sub-command that can be imported."""
-    parser = argparse.ArgumentParser(prog="station", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="station",
+        description="Edge inspection station: aligns every part to its golden, judges it with "
+                    "the NSOARTC metric (and optionally a 4-bit VLM), publishes pass/defect "
+                    "events over ZeroMQ. Start with `station demo`.")
     parser.add_argument("--version", action="version", version=f"station {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
