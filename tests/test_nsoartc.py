@@ -212,7 +212,9 @@ def test_blob_raises_d_only_within_half_window() -> None:
     r = k // 2
     near = np.zeros(g.shape, bool)
     near[40 - r : 48 + r, 50 - r : 58 + r] = True
-    np.testing.assert_array_equal(d[~near], base[~near])  # untouched outside k/2 of the blob
+    # untouched outside k/2 of the blob: equal up to float32 rounding (OpenCV's SIMD paths depend
+    # on buffer alignment, which moves the last bit between runs)
+    np.testing.assert_allclose(d[~near], base[~near], rtol=1e-6, atol=1e-6)
     assert float(d[40:48, 50:58].min()) > 3 * float(base.max())
 
 
@@ -223,7 +225,7 @@ def test_stride_maps_blocks_to_frame() -> None:
     d = tr.distance(x)
     assert d.shape == g.shape
     yy, xx = np.mgrid[0 : g.shape[0], 0 : g.shape[1]]
-    np.testing.assert_array_equal(d, dw[yy // 3, xx // 3])
+    np.testing.assert_allclose(d, dw[yy // 3, xx // 3], rtol=1e-6, atol=1e-6)  # see above
     assert float(d[44, 54]) > 3 * float(tr.distance(g).max())
 
 
@@ -237,7 +239,7 @@ def test_valid_mask_silences_invalid_windows() -> None:
     d = tr.distance(x, valid)
     assert float(d_raw[:, :12].max()) > 5.0
     assert float(d[:, : 10 + 4].max()) == 0.0  # window not fully valid → D = 0
-    np.testing.assert_array_equal(d[:, 14:], d_raw[:, 14:])
+    np.testing.assert_allclose(d[:, 14:], d_raw[:, 14:], rtol=1e-6, atol=1e-6)
 
 
 def test_metric_image_mapping() -> None:
