@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import yaml
 
+from camera.replay import FrameReadError
+from camera.replay import read_image as read_frame_image
 from pipeline.align import Aligner
 from pipeline.cell_scoring import CellScorer
 from pipeline.grid import AddressGrid
@@ -148,13 +150,13 @@ def _recipe_hash(folder: Path) -> str:
 
 
 def read_image(path: str | Path, *, grey: bool = False) -> np.ndarray:
-    """Read an image file as uint8 grey or BGR; raise ValueError with the path when unreadable."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    flag = cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR
-    img = cv2.imdecode(data, flag) if data.size else None
-    if img is None:
-        raise ValueError(f"{path}: not a readable image")
-    return img
+    """Read an image file (camera.replay.read_image: uint8 grey or BGR, 16 bit and alpha
+    normalised) as grey when ``grey``; ValueError naming the path when it cannot be read."""
+    try:
+        img = read_frame_image(path)
+    except FrameReadError as exc:
+        raise ValueError(str(exc)) from None
+    return to_channels(img, "grey") if grey else img
 
 
 def to_channels(image: np.ndarray, channels: str) -> np.ndarray:
