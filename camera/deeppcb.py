@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from camera.frames import Frame
 from camera.replay import SourceError, frame_from_file
+from pipeline.base.frames import Frame
 
 __all__ = ["DEEPPCB_CLASSES", "DeepPcbSource", "parse_boxes"]
 

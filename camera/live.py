@@ -32,7 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from camera.frames import Frame
+from pipeline.base.frames import Frame
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Replay of a recording folder written by :class:`station.recorder.Recorder`.
 
-Each record yields one :class:`~camera.frames.Frame` with the recorded camera frame, read back
+Each record yields one :class:`~pipeline.base.frames.Frame` with the recorded camera frame,
+read back
 unchanged (``cv2.IMREAD_UNCHANGED`` of a lossless PNG: bit-for-bit what was inspected), and meta
 taken from the record: ``part_id``, ``label`` (the recorded verdict), ``defects`` (addresses),
 ``seq`` / ``ts`` (the original event's), ``record_id``, ``path``, ``reason`` and ``record`` (the
@@ -26,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from camera.frames import Frame
+from pipeline.base.frames import Frame
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,6 @@ import contextlib
 import csv
 import json
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -46,8 +45,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from camera.frames import Frame
-from pipeline.verdicts import make_address
+from pipeline.base.addresses import make_address
+from pipeline.base.addresses import parse_address as split_address
+from pipeline.base.frames import Frame
 
 __all__ = [
     "DEFECT_MODES",
@@ -76,7 +76,6 @@ _METAL = np.array([0.74, 0.78, 0.82], np.float32)  # tin-plated pin
 _COPPER = np.array([0.30, 0.55, 0.80], np.float32)
 _SILK = np.array([0.86, 0.88, 0.88], np.float32)
 
-_ADDRESS_RE = re.compile(r"^\s*X\s*:\s*([^,\s]+)\s*,\s*Y\s*:\s*([^,\s]+)\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -192,10 +191,7 @@ class SyntheticPart:
 
 def parse_address(spec: LineSpec, address: str) -> tuple[str, str]:
     """Split ``"X:3, Y:C"`` into ``("3", "C")``; ValueError when it is not a cell of ``spec``."""
-    m = _ADDRESS_RE.match(address)
-    if not m:
-        raise ValueError(f"not an address: {address!r} (expected 'X:<column>, Y:<row>')")
-    col, row = m.group(1), m.group(2)
+    col, row = split_address(address)
     if col not in spec.columns or row not in spec.rows:
         raise ValueError(f"address {address!r} is not a cell of the line "
                          f"(columns {list(spec.columns)}, rows {list(spec.rows)})")

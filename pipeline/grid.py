@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import cv2
 import numpy as np
 
-from pipeline.verdicts import make_address
-
-_ADDR = re.compile(r"^\s*X\s*:\s*(?P<col>[^,]+?)\s*,\s*Y\s*:\s*(?P<row>.+?)\s*$")
+from pipeline.base.addresses import make_address, parse_address
 
 Rect = tuple[int, int, int, int]
-
-
-def parse_address(address: str) -> tuple[str, str]:
-    """``"X:3, Y:C"`` → ``("3", "C")``; ``ValueError`` if the string is not an address."""
-    m = _ADDR.match(str(address))
-    if not m:
-        raise ValueError(f"not a cell address (expected 'X:<column>, Y:<row>'): {address!r}")
-    return m.group("col"), m.group("row")
 
 
 def _labels(value: Any, what: str) -> list[str]:

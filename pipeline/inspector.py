@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from camera.frames import Frame
+from pipeline.base.frames import Frame
 from pipeline.decision import POLICIES, decide
 from pipeline.metric_judge import MetricJudge
 from pipeline.overlay import draw_overlay

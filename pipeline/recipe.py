@@ -20,9 +20,12 @@ import cv2
 import numpy as np
 import yaml
 
-from camera.replay import FrameReadError
-from camera.replay import read_image as read_frame_image
 from pipeline.align import Aligner
+from pipeline.base.atomic import write_bytes_atomic
+from pipeline.base.errors import ConfigError
+from pipeline.base.imageio import FrameReadError
+from pipeline.base.imageio import read_image as read_frame_image
+from pipeline.base.yamlconf import YamlDoc, build_dataclass, load_yaml
 from pipeline.cell_scoring import CellScorer
 from pipeline.grid import AddressGrid
 from pipeline.metric_judge import fit_thresholds
@@ -34,8 +37,6 @@ from pipeline.nsoartc import (  # the golden-side sums are computed once per rec
     synth_good_frames,
 )
 from pipeline.photometric import PhotometricNormalizer
-from station.errors import ConfigError
-from station.yamlconf import YamlDoc, build_dataclass, load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -257,12 +258,12 @@ class Recipe:
         ok, png = cv2.imencode(".png", self.golden)
         if not ok:
             raise ValueError("cannot encode golden image")
-        _atomic_write(folder / GOLDEN_FILE, png.tobytes())
+        write_bytes_atomic(folder / GOLDEN_FILE, png.tobytes())
         tmp = folder / (UNIT_SPACE_FILE + ".tmp.npz")
         self.unit_space.save(tmp)
         tmp.replace(folder / UNIT_SPACE_FILE)
         text = yaml.safe_dump(asdict(self.settings), sort_keys=False, allow_unicode=True)
-        _atomic_write(folder / RECIPE_FILE, text.encode())
+        write_bytes_atomic(folder / RECIPE_FILE, text.encode())
         self.folder = folder
         self.hash = _recipe_hash(folder)
         (folder / "recipe.sha256").write_text(self.hash + "\n")
@@ -285,12 +286,6 @@ def _check_grid_inside(grid: AddressGrid, shape: tuple[int, int], doc: YamlDoc) 
                 f"cell {address!r} {[x, y, cw, ch]} lies outside the golden image ({w}x{h})",
                 doc.where(("grid",)),
             )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def make_aligner(golden: np.ndarray, settings: AlignSettings) -> Aligner:

@@ -6,6 +6,10 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from pipeline.base.addresses import make_address
+
+__all__ = ["Defect", "JudgeResult", "Verdict", "make_address"]
+
 
 class Verdict(str, Enum):
     """Verdict of a judge or of the whole part.
@@ -37,11 +41,6 @@ class Defect:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the event schema's ``defects[]`` shape."""
         return asdict(self)
-
-
-def make_address(column: str, row: str) -> str:
-    """Address string of a cell: ``make_address("3", "C") == "X:3, Y:C"``."""
-    return f"X:{column}, Y:{row}"
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Any
 
 import zmq
 
+from pipeline.base.stats import percentile
 from station.events import EventPublisher, decode
 from station.journal import Journal
 from station.servers import make_pub
@@ -38,8 +39,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+    return percentile(values, q) or 0.0
 
 
 def summarize(values_ms: list[float]) -> dict[str, float]:

@@ -8,8 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pipeline.base.errors import StationError
 from station import __version__
-from station.errors import StationError
 
 # Each module defines ``register(subparsers)``; its parser sets ``func(args) -> int``.
 COMMAND_MODULES = [

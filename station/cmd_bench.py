@@ -49,7 +49,7 @@ def bench_pipeline(size: tuple[int, int], repeats: int, threads: int = 1) -> dic
         recipe = build_demo_recipe(Path(tmp), spec, seed=5, n_train=16)
     inspector = Inspector(recipe)
     rng = np.random.default_rng(11)
-    from camera.frames import Frame
+    from pipeline.base.frames import Frame
 
     frames = []
     for i in range(repeats + 3):

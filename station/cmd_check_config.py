@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     """Load both files fully; print a one-line summary; ConfigError → exit 78."""
     path = args.config_opt or args.config
     if not path:
-        from station.errors import ConfigError
+        from pipeline.base.errors import ConfigError
 
         raise ConfigError("give the station YAML to check")
     cfg = load_config(path)

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from camera.frames import Frame
 from camera.replay import ManifestSource
 from camera.synthetic import LineSpec, write_line
+from pipeline.base.frames import Frame
 from pipeline.decision import POLICIES
 from pipeline.inspector import Inspector
 from pipeline.recipe import Recipe, build_recipe

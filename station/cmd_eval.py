@@ -10,10 +10,10 @@ from pathlib import Path
 
 from camera.deeppcb import DeepPcbSource
 from camera.replay import open_replay_source
+from pipeline.base.errors import ConfigError
 from pipeline.inspector import Inspector
 from pipeline.recipe import build_recipe, read_image
 from station.cmd_replay import add_inspector_args, run_replay
-from station.errors import ConfigError
 from station.recipe_tools import DEFAULTS_DIR, inspector_from_args, load_settings_file
 
 

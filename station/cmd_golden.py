@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from camera.replay import open_replay_source
+from pipeline.base.errors import ConfigError, StationError
 from pipeline.recipe import RecipeSettings, build_recipe, read_image
-from station.errors import ConfigError, StationError
 from station.recipe_tools import load_grid_file, load_settings_file
 
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from station.errors import ConfigError
+from pipeline.base.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

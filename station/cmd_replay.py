@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from camera.frames import Frame
 from camera.replay import open_replay_source
+from pipeline.base.frames import Frame
 from pipeline.decision import POLICIES
 from pipeline.inspector import Inspector
 from station.recipe_tools import inspector_from_args

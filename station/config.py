@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from station.errors import ConfigError
-from station.yamlconf import YamlDoc, build_dataclass, load_yaml
+from pipeline.base.errors import ConfigError
+from pipeline.base.yamlconf import YamlDoc, build_dataclass, load_yaml
 
 Policy = Literal["any", "metric", "vlm", "both"]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import inspect as _inspect
-import json
 import logging
 import os
 import queue
@@ -33,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from camera.frames import Frame
+from pipeline.base.atomic import write_json_atomic
+from pipeline.base.errors import ConfigError, StationError
+from pipeline.base.frames import Frame
 from station import __version__
-from station.errors import ConfigError, StationError
 from station.events import EventPublisher, catchup_reply, new_boot_id
 from station.journal import Journal
 from station.notify import Notifier
@@ -71,12 +71,6 @@ def _int_field(req: dict[str, Any], key: str, default: int | None, lo: int) -> i
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise RequestError(f"'{key}' must be an integer >= {lo}")
     return value
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 class StationDaemon:
@@ -185,7 +179,7 @@ class StationDaemon:
         pub = self._pub
         self.publisher = EventPublisher(self.journal, station=self.station_id, boot=self.boot,
                                         send=lambda frames: pub.send_multipart(frames, zmq.NOBLOCK))
-        _write_json_atomic(self.state_dir / "endpoints.json", {
+        write_json_atomic(self.state_dir / "endpoints.json", {
             "station": self.station_id, "boot": self.boot, "pid": os.getpid(), **self.endpoints})
         log.info("station %s boot %s: pub %s trigger %s catchup %s (last seq %d)",
                  self.station_id, self.boot, pub_ep, trig_ep, cu_ep, self.journal.last_seq)

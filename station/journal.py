@@ -37,7 +37,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from station.errors import StationError
+from pipeline.base.atomic import fsync_dir, write_bytes_atomic
+from pipeline.base.errors import StationError
 
 log = logging.getLogger(__name__)
 
@@ -86,26 +87,6 @@ def decode_line(line: bytes) -> Entry | None:
         return Entry(int(seq_s), topic, text)
     except ValueError:  # bad hex, bad UTF-8, too few fields
         return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class Journal:
@@ -184,7 +165,7 @@ class Journal:
             return 0
 
     def _write_seq_file(self) -> None:
-        _write_atomic(self.dir / "SEQ", json.dumps({"seq": self._last_seq}).encode() + b"\n")
+        write_bytes_atomic(self.dir / "SEQ", json.dumps({"seq": self._last_seq}).encode() + b"\n")
 
     def _recover(self) -> int:
         """Cut a torn tail off the newest segment; load recent events; return the last seq."""
@@ -275,7 +256,7 @@ class Journal:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._fd_size = os.fstat(self._fd).st_size
         if self._fd_size == 0:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         self._rotate()
 
     def _rotate(self) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.base.errors import ConfigError
+from pipeline.base.yamlconf import build_dataclass, load_yaml
 from pipeline.inspector import Inspector
 from pipeline.recipe import Recipe, RecipeSettings
 from station.config import StationConfig, load_config
-from station.errors import ConfigError
-from station.yamlconf import build_dataclass, load_yaml
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
 

@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 
 from camera.recording import defect_addresses, record_fields
+from pipeline.base.atomic import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -294,11 +295,11 @@ class Recorder:
             nbytes += len(text.encode("utf-8"))
             final = self.dir / rid
             if self.fsync:
-                _fsync_dir(stage)
+                fsync_dir(stage)
             os.rename(stage, final)  # atomic: the record appears complete or not at all
             stage = None
             if self.fsync:
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
             line = self._index_line(rid, now, nbytes, doc)
             verdict = line["verdict"]
             with self._lock:
@@ -613,10 +614,3 @@ def _pid_alive(pid: int) -> bool:
         return True
     return True
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

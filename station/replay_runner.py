@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from camera.frames import Frame
+from pipeline.base.frames import Frame
 from pipeline.inspector import InspectionResult, Inspector
 from pipeline.verdicts import Verdict
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.base.stats import percentiles
 from pipeline.boxscore import cells_overlapping_box, score_flags_against_boxes
 from pipeline.grid import AddressGrid
 from pipeline.overlay import draw_overlay
@@ -26,19 +26,6 @@ from station.replay_runner import PartOutcome
 
 STAGES = ("align", "nsoartc", "cells", "overlay", "vlm", "total")
 RATIO_BINS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, float("inf"))
-
-
-def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99 (and mean) of a list of milliseconds."""
-    if not values:
-        return {}
-    a = np.asarray(values, dtype=np.float64)
-    return {
-        "p50": round(float(np.percentile(a, 50)), 3),
-        "p95": round(float(np.percentile(a, 95)), 3),
-        "p99": round(float(np.percentile(a, 99)), 3),
-        "mean": round(float(a.mean()), 3),
-    }
 
 
 def _confusion() -> dict[str, int]:

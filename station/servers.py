@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from station.errors import ConfigError, StationError
+from pipeline.base.errors import ConfigError, StationError
 from station.events import dumps
 
 log = logging.getLogger(__name__)

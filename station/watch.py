@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 import zmq
 
+from pipeline.base.stats import percentile
 from station.events import RESULT_PREFIX, TOPIC_HEARTBEAT, TOPIC_STATUS, decode, parse_iso
 
 MAX_CATCHUP_BATCHES = 100
@@ -42,15 +43,6 @@ def _connectable(bound: str, pub_endpoint: str) -> str:
     if m and host:
         return f"tcp://{host.group(1)}:{m.group(2)}"
     return bound
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) or None for no values."""
-    if not values:
-        return None
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
-    return s[k]
 
 
 @dataclass

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.base.errors import EXIT_CONFIG, ConfigError
 from pipeline.recipe import Recipe
 from station.config import load_config
-from station.errors import EXIT_CONFIG, ConfigError
 
 
 def write(path: Path, text: str) -> Path:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from camera.frames import Frame
 from camera.synthetic import LineSpec, make_part
+from pipeline.base.frames import Frame
 from pipeline.inspector import Inspector
 from pipeline.recipe import Recipe
 from pipeline.verdicts import Verdict

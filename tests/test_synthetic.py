@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pytest
 
-from camera.frames import Frame
 from camera.replay import ManifestSource
 from camera.synthetic import (
     DEFECT_MODES,
@@ -27,6 +26,7 @@ from camera.synthetic import (
     sample_defects,
     write_line,
 )
+from pipeline.base.frames import Frame
 from pipeline.verdicts import make_address
 
 SPEC = LineSpec()

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.base.errors import ConfigError
 from pipeline.verdicts import Verdict
 from pipeline.vlm.parser import parse_answer
 from pipeline.vlm.prompts import build_prompt, fit_image, instruction_text, to_tagged_messages
 from pipeline.vlm.settings import INSTRUCTION_DST, VlmSettings, fill
-from station.errors import ConfigError
 
 COLS = [str(i) for i in range(1, 10)]
 ROWS = ["U", "C", "D"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.base.errors import EXIT_CONFIG
 from pipeline.recipe import Recipe
-from station.errors import EXIT_CONFIG
 
 pytest.importorskip("bitsandbytes", reason="the VLM extra is installed by tests/run.sh")
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import zmq
 
+from pipeline.base.stats import percentile
 from station.bench_events import StationProcess, synthetic_recipe, write_config, write_part_frames
 from station.events import EventPublisher
 from station.journal import Journal
 from station.servers import RequestServer, make_pub, make_router
-from station.watch import Watcher, derive_catchup, percentile
+from station.watch import Watcher, derive_catchup
 
 ROOT = Path(__file__).resolve().parents[1]
 

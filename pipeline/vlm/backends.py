@@ -14,7 +14,8 @@
   without a word, so zero 4-bit layers is a start-up error unless ``vlm.require_4bit: false``.
 
 Every start-up problem (missing folder, no weights, corrupt weights, text-only model, a family the
-backend cannot run, no GPU for Unsloth, out of memory) is a :class:`station.errors.ConfigError`
+backend cannot run, no GPU for Unsloth, out of memory) is a
+:class:`pipeline.base.errors.ConfigError`
 with a one-line cause (exit 78).  Heavy imports (torch, transformers, unsloth) happen inside the
 functions, so importing this module is cheap.
 """
@@ -29,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.base.errors import ConfigError
 from pipeline.vlm.settings import VlmSettings
-from station.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

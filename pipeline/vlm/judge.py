@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.base.errors import ConfigError
 from pipeline.verdicts import Defect, JudgeResult, Verdict, make_address
 from pipeline.vlm.backends import LoadedModel, is_pixtral, load_model
 from pipeline.vlm.parser import DEFECT, PASS, parse_answer
@@ -53,7 +54,6 @@ from pipeline.vlm.prompts import (
     to_tagged_messages,
 )
 from pipeline.vlm.settings import VlmSettings
-from station.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

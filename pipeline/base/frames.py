@@ -1,11 +1,10 @@
-"""The frame every source yields, and the protocol every source follows."""
+"""The frame every source yields (the pipeline's input type)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -34,13 +33,3 @@ class Frame:
     def ok(self) -> bool:
         """True when the frame holds a decoded image."""
         return self.image is not None and self.error is None
-
-
-class FrameSource(Protocol):
-    """Anything that yields frames: replay sources iterate to the end, live ones run forever."""
-
-    source_id: str
-
-    def __iter__(self) -> Iterator[Frame]: ...
-
-    def close(self) -> None: ...

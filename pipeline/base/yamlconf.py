@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from station.errors import ConfigError
+from pipeline.base.errors import ConfigError
 
 T = TypeVar("T")
 KeyPath = tuple[Any, ...]

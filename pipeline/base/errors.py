@@ -23,3 +23,8 @@ class ConfigError(StationError):
     def __init__(self, message: str, where: str | None = None) -> None:
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class SourceError(StationError):
+    """A frame source cannot be opened or read: missing path, unopenable video or device,
+    malformed manifest."""
