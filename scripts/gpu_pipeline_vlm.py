@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from camera.synthetic import LineSpec, make_part, sample_defects  # noqa: E402
+from camera.synth import LineSpec, make_part, sample_defects  # noqa: E402
 from pipeline.base.frames import Frame  # noqa: E402
 from pipeline.inspector import Inspector  # noqa: E402
 from pipeline.vlm.tiny import write_tiny_model  # noqa: E402

@@ -74,7 +74,7 @@ def synthetic_recipe(folder: str | Path, *, seed: int = 1, n_good: int = 8,
     with the demo's recipe settings (``station/defaults/synthetic.yaml``)."""
     import numpy as np
 
-    from camera.synthetic import LineSpec, grid_config, make_part, render_golden
+    from camera.synth import LineSpec, grid_config, make_part, render_golden
     from pipeline.recipe import build_recipe
     from station.recipe_tools import DEFAULTS_DIR, load_settings_file
 
@@ -95,7 +95,7 @@ def write_part_frames(folder: str | Path, n: int = 20, *, seed: int = 2,
     import cv2
     import numpy as np
 
-    from camera.synthetic import LineSpec, make_part, sample_defects
+    from camera.synth import LineSpec, make_part, sample_defects
 
     spec = LineSpec(size=size)
     rng = np.random.default_rng(seed)

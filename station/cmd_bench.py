@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from camera.synthetic import LineSpec, make_part, sample_defects
+from camera.synth import LineSpec, make_part, sample_defects
 from pipeline.inspector import Inspector
 from station.cmd_demo import build_demo_recipe
 

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from camera.replay import ManifestSource
-from camera.synthetic import LineSpec, write_line
+from camera.synth import LineSpec, write_line
 from pipeline.base.frames import Frame
-from pipeline.decision import POLICIES
 from pipeline.inspector import Inspector
 from pipeline.recipe import Recipe, build_recipe
 from station.cmd_replay import run_replay
-from station.recipe_tools import DEFAULTS_DIR, build_vlm, load_settings_file
+from station.recipe_tools import DEFAULTS_DIR, inspector_for, load_settings_file
 from station.replay_runner import PartOutcome
 
 GREEN, RED, YELLOW, RESET = "\033[32m", "\033[31m", "\033[33m", "\033[0m"
@@ -40,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", default="640x480", help="frame size WxH (default 640x480)")
     p.add_argument("--train", type=int, default=24, help="good parts for the recipe (default 24)")
     p.add_argument("--keep", metavar="DIR", help="write the line, recipe and report here")
-    p.add_argument("--policy", choices=POLICIES, default="any")
+    p.add_argument("--policy", default="any",
+                   help="decision policy: any, all (alias both) or a judge's name (metric, vlm)")
     p.add_argument("--vlm", metavar="MODEL_DIR", help="add the VLM judge from this model folder")
     p.add_argument("--vlm-backend", default=None, help="transformers (default) or unsloth")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
@@ -59,7 +59,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def build_demo_recipe(workdir: Path, spec: LineSpec, seed: int, n_train: int) -> Recipe:
     """Good parts of the synthetic line → recipe saved under ``workdir/recipe``."""
-    from camera.synthetic import grid_config  # the grid of the rendered pin array
+    from camera.synth import grid_config  # the grid of the rendered pin array
 
     train_csv = write_line(workdir / "train-line", 0, 0, seed=seed + 1000, spec=spec,
                            n_train=n_train).parent / "train.csv"
@@ -113,8 +113,7 @@ def run(args: argparse.Namespace) -> int:
             overrides = {"enabled": True, "model_dir": str(Path(args.vlm).resolve())}
             if args.vlm_backend:
                 overrides["backend"] = args.vlm_backend
-        vlm = build_vlm(recipe, overrides, cache_dir=workdir / "cache")
-        inspector = Inspector(recipe, vlm=vlm, policy=args.policy)
+        inspector = inspector_for(recipe, args.policy, overrides, workdir / "cache")
         if args.serve:
             from station.demo_serve import serve_demo
 

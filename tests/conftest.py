@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from camera.synthetic import LineSpec, write_line
+from camera.synth import LineSpec, write_line
 from pipeline.recipe import Recipe
 from station.cmd_demo import build_demo_recipe
 

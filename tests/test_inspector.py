@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from camera.synthetic import LineSpec, make_part
+from camera.synth import LineSpec, make_part
 from pipeline.base.frames import Frame
 from pipeline.inspector import Inspector
 from pipeline.recipe import Recipe

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 from camera.replay import ManifestSource
-from camera.synthetic import (
+from camera.synth import (
     DEFECT_MODES,
     LineSpec,
-    SyntheticCamera,
     grid_config,
     make_part,
     parse_address,
@@ -26,6 +25,7 @@ from camera.synthetic import (
     sample_defects,
     write_line,
 )
+from camera.synthetic import SyntheticCamera
 from pipeline.base.frames import Frame
 from pipeline.verdicts import make_address
 
