@@ -22,7 +22,7 @@ import numpy as np
 
 from camera.synth import LineSpec, make_part, sample_defects
 from pipeline.inspector import Inspector
-from station.cmd_demo import build_demo_recipe
+from station.demo.line import build_demo_recipe
 
 STAGES = ("align", "nsoartc", "cells", "overlay", "total")
 

@@ -20,10 +20,9 @@ from typing import Any
 from camera.replay import ManifestSource
 from camera.synth import LineSpec, write_line
 from pipeline.base.frames import Frame
-from pipeline.inspector import Inspector
-from pipeline.recipe import Recipe, build_recipe
 from station.cmd_replay import run_replay
-from station.recipe_tools import DEFAULTS_DIR, inspector_for, load_settings_file
+from station.demo.line import build_demo_recipe
+from station.recipe_tools import inspector_for
 from station.replay_runner import PartOutcome
 
 GREEN, RED, YELLOW, RESET = "\033[32m", "\033[31m", "\033[33m", "\033[0m"
@@ -55,24 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _size(text: str) -> tuple[int, int]:
     w, _, h = text.lower().partition("x")
     return int(w), int(h)
-
-
-def build_demo_recipe(workdir: Path, spec: LineSpec, seed: int, n_train: int) -> Recipe:
-    """Good parts of the synthetic line → recipe saved under ``workdir/recipe``."""
-    from camera.synth import grid_config  # the grid of the rendered pin array
-
-    train_csv = write_line(workdir / "train-line", 0, 0, seed=seed + 1000, spec=spec,
-                           n_train=n_train).parent / "train.csv"
-    src = ManifestSource(train_csv)
-    try:
-        frames = [f.image for f in src if f.ok]
-    finally:
-        src.close()
-    settings = load_settings_file(DEFAULTS_DIR / "synthetic.yaml", grid_config(spec))
-    recipe = build_recipe(frames, settings.grid, name="synthetic-pins", settings=settings,
-                          source="station demo")
-    recipe.save(workdir / "recipe")
-    return Recipe.load(workdir / "recipe")
 
 
 def _without_row_golden(frames: Iterable[Frame]) -> Iterator[Frame]:

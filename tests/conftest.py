@@ -8,7 +8,7 @@ import pytest
 
 from camera.synth import LineSpec, write_line
 from pipeline.recipe import Recipe
-from station.cmd_demo import build_demo_recipe
+from station.demo.line import build_demo_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 DEEPPCB = REPO.parent / "shared" / "data" / "deeppcb"
