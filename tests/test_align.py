@@ -8,36 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
+from camera.synth.chart import pin_chart
 from pipeline.align import Aligner, Alignment
 
 W, H = 640, 512
 TOL_PX = 0.5  # accuracy target at full resolution
 DEEPPCB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "deeppcb"
-
-
-def make_golden(w: int = W, h: int = H, seed: int = 0) -> np.ndarray:
-    """A part with 9 x 3 pins (discs with a hole), labels, a trace and some surface texture."""
-    rng = np.random.default_rng(seed)
-    img = np.full((h, w), 55, np.uint8)
-    pitch_x, pitch_y = w * 0.09, h * 0.24
-    r = int(min(pitch_x, pitch_y) * 0.32)
-    for row in range(3):
-        for col in range(9):
-            c = (int(w * 0.12 + col * pitch_x), int(h * 0.27 + row * pitch_y))
-            cv2.circle(img, c, r, 200, -1, cv2.LINE_AA)
-            cv2.circle(img, c, r // 3, 110, -1, cv2.LINE_AA)
-    scale = w / 900
-    for col in range(9):
-        cv2.putText(img, str(col + 1), (int(w * 0.11 + col * pitch_x), int(h * 0.1)),
-                    cv2.FONT_HERSHEY_SIMPLEX, scale, 235, 2, cv2.LINE_AA)
-    for row, label in enumerate("UCD"):
-        cv2.putText(img, label, (int(w * 0.02), int(h * 0.29 + row * pitch_y)),
-                    cv2.FONT_HERSHEY_SIMPLEX, scale, 235, 2, cv2.LINE_AA)
-    cv2.line(img, (int(w * 0.05), int(h * 0.9)), (int(w * 0.95), int(h * 0.95)), 170, 3,
-             cv2.LINE_AA)
-    cv2.rectangle(img, (int(w * 0.6), int(h * 0.02)), (int(w * 0.97), int(h * 0.08)), 140, 2)
-    texture = cv2.GaussianBlur(rng.normal(0, 6, (h, w)).astype(np.float32), (0, 0), 2.0)
-    return np.clip(cv2.GaussianBlur(img, (0, 0), 0.8) + texture, 0, 255).astype(np.uint8)
 
 
 def make_other_pattern(w: int = W, h: int = H) -> np.ndarray:
@@ -88,7 +64,7 @@ def warp_error(result: Alignment, g2f: np.ndarray, w: int = W, h: int = H) -> fl
 
 @pytest.fixture(scope="module")
 def golden() -> np.ndarray:
-    return make_golden()
+    return pin_chart((W, H))
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +115,7 @@ def test_larger_pose_within_limits(golden: np.ndarray, aligner: Aligner) -> None
 
 
 def test_full_size_frame(golden: np.ndarray) -> None:
-    big = make_golden(1280, 1024)
+    big = pin_chart((1280, 1024))
     g2f = pose(8.4, -6.6, -1.7, 1280, 1024)
     result = Aligner(big).align(render(big, g2f, gain=1.1, offset=-8, noise=4.0))
     assert result.ok, result.reason
@@ -315,7 +291,7 @@ def test_bad_golden_and_parameters_raise(golden: np.ndarray) -> None:
 
 
 def test_bench_runs() -> None:
-    from station.bench_align import bench_align
+    from station.bench.align import bench_align
 
     ms = bench_align(repeats=2, size=(320, 256))
     assert 0.0 < ms < 1000.0

@@ -1,6 +1,6 @@
 """Benchmark of the metric path (DESIGN §8): NSOARTC + cell scores + overlay on one CPU core.
 
-    .venv/bin/python -m station.bench_metric [--repeats 20] [--stride 2] [--k 9]
+    .venv/bin/python -m station.bench.metric [--repeats 20] [--stride 2] [--k 9]
 
 Target: ≤ 10 ms per 1280×1024 grey frame for the three stages together.
 """
@@ -16,24 +16,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from camera.synth.chart import pin_chart, pin_chart_grid
 from pipeline.grid import AddressGrid
 from pipeline.nsoartc import NsoartcTransform, UnitSpace
 from pipeline.overlay import draw_overlay
 
 DEFAULT_STRIDE = 1  # DESIGN default; stride 2 keeps ~30 % headroom on a loaded CPU
-
-
-def _golden(size: tuple[int, int], seed: int) -> np.ndarray:
-    """A 9×3 pin array on a textured background, grey uint8, ``size = (W, H)``."""
-    w, h = size
-    rng = np.random.default_rng(seed)
-    bg = cv2.GaussianBlur(rng.uniform(40, 90, (h, w)).astype(np.float32), (0, 0), 4)
-    img = bg.astype(np.uint8)
-    for j in range(3):
-        for i in range(9):
-            cx, cy = int((i + 0.5) * w / 9), int((j + 0.5) * h / 3)
-            cv2.circle(img, (cx, cy), int(min(w / 9, h / 3) * 0.3), 210, -1, cv2.LINE_AA)
-    return img
 
 
 def bench_metric(
@@ -55,16 +43,10 @@ def bench_metric(
     prev = cv2.getNumThreads()
     cv2.setNumThreads(threads)
     try:
-        golden = _golden(size, seed)
+        golden = pin_chart(size, seed)
         us = UnitSpace.synthesize(golden, k, stride, n=8, seed=seed)
         tr = NsoartcTransform(golden, us, k=k, stride=stride)
-        grid = AddressGrid.from_config(
-            {
-                "roi": [0, 0, size[0], size[1]],
-                "columns": [str(i) for i in range(1, 10)],
-                "rows": ["U", "C", "D"],
-            }
-        )
+        grid = AddressGrid.from_config(pin_chart_grid(size))
         rng = np.random.default_rng(seed + 1)
         frame = np.clip(golden + rng.normal(0, 2, golden.shape), 0, 255).astype(np.uint8)
         cv2.circle(frame, (size[0] // 3, size[1] // 2), 12, 30, -1)

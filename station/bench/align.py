@@ -8,28 +8,8 @@ import time
 import cv2
 import numpy as np
 
+from camera.synth.chart import pin_chart
 from pipeline.align import Aligner
-
-
-def make_bench_golden(size: tuple[int, int] = (1280, 1024), seed: int = 0) -> np.ndarray:
-    """A synthetic part (9 x 3 pins, labels, a trace, surface texture) of ``size`` = (w, h)."""
-    w, h = size
-    rng = np.random.default_rng(seed)
-    img = np.full((h, w), 60, np.uint8)
-    pitch_x, pitch_y = w * 0.09, h * 0.24
-    radius = int(min(pitch_x, pitch_y) * 0.32)
-    for row in range(3):
-        for col in range(9):
-            centre = (int(w * 0.12 + col * pitch_x), int(h * 0.27 + row * pitch_y))
-            cv2.circle(img, centre, radius, 200, -1, cv2.LINE_AA)
-            cv2.circle(img, centre, radius // 3, 110, -1, cv2.LINE_AA)
-    for col in range(9):
-        cv2.putText(img, str(col + 1), (int(w * 0.11 + col * pitch_x), int(h * 0.1)),
-                    cv2.FONT_HERSHEY_SIMPLEX, w / 900, 235, 2, cv2.LINE_AA)
-    cv2.line(img, (int(w * 0.05), int(h * 0.9)), (int(w * 0.95), int(h * 0.95)), 170, 3,
-             cv2.LINE_AA)
-    texture = cv2.GaussianBlur(rng.normal(0, 6, (h, w)).astype(np.float32), (0, 0), 2.0)
-    return np.clip(cv2.GaussianBlur(img, (0, 0), 0.8) + texture, 0, 255).astype(np.uint8)
 
 
 def _jittered_frames(golden: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
@@ -51,11 +31,12 @@ def _jittered_frames(golden: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
 def bench_align(repeats: int = 20, size: tuple[int, int] = (1280, 1024)) -> float:
     """Median milliseconds per :meth:`Aligner.align` call on one thread.
 
-    ``size`` is (width, height) of the synthetic grey golden; each of the ``repeats`` frames has
-    its own random pose, lighting and noise.  OpenCV is held to one thread while timing (numpy's
-    BLAS is only used on tiny matrices).  Raises ``RuntimeError`` if a frame fails to align.
+    ``size`` is (width, height) of the grey golden (the 9 × 3 pin chart); each of the
+    ``repeats`` frames has its own random pose, lighting and noise.  OpenCV is held to one
+    thread while timing (numpy's BLAS is only used on tiny matrices).  Raises ``RuntimeError``
+    if a frame fails to align.
     """
-    golden = make_bench_golden(size)
+    golden = pin_chart(size)
     aligner = Aligner(golden)
     frames = _jittered_frames(golden, max(1, repeats), seed=1)
     threads = cv2.getNumThreads()
@@ -75,10 +56,10 @@ def bench_align(repeats: int = 20, size: tuple[int, int] = (1280, 1024)) -> floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m station.bench_align [--repeats N] [--size WxH]``: print the median ms."""
+    """``python -m station.bench.align [--repeats N] [--size WxH]``: print the median ms."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--size", default="1280x1024", help="WxH of the synthetic golden")
+    parser.add_argument("--size", default="1280x1024", help="WxH of the pin chart")
     args = parser.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
     ms = bench_align(args.repeats, (w, h))
