@@ -1,49 +1,31 @@
 """``station watch``: the operators' live feed of a station's events.
 
-One line per part (time, part id, verdict, defect addresses, latency), status changes, a warning
-and an automatic catch-up (catch-up ROUTER, ``{"since": N}``) when a ``seq`` gap appears or a
-heartbeat announces a ``last_seq`` ahead of what was seen, a loud warning when heartbeats stop for
-``down_after`` seconds, and a summary at the end.
+One line per part (time, verdict, latency, ``#seq``, the full part id, defect addresses or the
+error reason), status changes, a warning and an automatic catch-up when a ``seq`` gap appears or
+a heartbeat announces a ``last_seq`` ahead of what was seen, a loud warning when heartbeats stop
+for ``down_after`` seconds, and a summary at the end.  The protocol work (catch-up, heartbeat
+loss, restarts) is the event client library's :class:`~station.client.EventSubscriber`; this
+module only prints.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
-
-import zmq
+from typing import TextIO
 
 from pipeline.base.stats import percentile
-from station.events import RESULT_PREFIX, TOPIC_HEARTBEAT, TOPIC_STATUS, decode, parse_iso
+from station.client import Event, EventSubscriber, Notice, derive_catchup
+from station.client.keys import CurveKeys
+from station.events import RESULT_PREFIX, TOPIC_HEARTBEAT, TOPIC_STATUS, parse_iso
 
-MAX_CATCHUP_BATCHES = 100
+__all__ = ["WatchSummary", "Watcher", "derive_catchup"]
 
 _COLORS = {"pass": "32", "defect": "1;31", "error": "1;33", "warn": "33", "down": "1;97;41",
            "status": "36", "dim": "2", "ok": "1;32"}
-
-
-def derive_catchup(pub_endpoint: str) -> str | None:
-    """Default catch-up endpoint: the PUB endpoint's port + 1 (5556 → 5557); None for ipc://."""
-    m = re.match(r"^(tcp://.+):(\d+)$", pub_endpoint)
-    if not m:
-        return None
-    return f"{m.group(1)}:{int(m.group(2)) + 1}"
-
-
-def _connectable(bound: str, pub_endpoint: str) -> str:
-    """A station's bound endpoint (``tcp://0.0.0.0:5557``) as reachable from here."""
-    m = re.match(r"^tcp://(\*|0\.0\.0\.0|\[::\]|::):(\d+)$", bound)
-    host = re.match(r"^tcp://(.+):\d+$", pub_endpoint)
-    if m and host:
-        return f"tcp://{host.group(1)}:{m.group(2)}"
-    return bound
-
 
 @dataclass
 class WatchSummary:
@@ -79,12 +61,12 @@ class WatchSummary:
 
 
 class Watcher:
-    """Subscribes to a station's PUB endpoint and prints the feed to ``out``.
+    """Subscribes to a station's PUB endpoint and prints the feed.
 
     ``catchup`` is the catch-up endpoint (default: from the heartbeat's ``endpoints``, else the
     PUB port + 1).  ``color``: None = only when ``out`` is a terminal.  ``since``: start with a
     catch-up from that seq (``None``: only what happens from now on).  ``json_lines``: print each
-    event as its JSON instead of the formatted line.
+    event as one JSON object per line on ``out`` and everything for people on ``err``.
     """
 
     def __init__(
@@ -94,27 +76,22 @@ class Watcher:
         catchup: str | None = None,
         down_after: float = 3.0,
         out: TextIO | None = None,
+        err: TextIO | None = None,
         color: bool | None = None,
         since: int | None = None,
         json_lines: bool = False,
         timeout: float = 2.0,
-        context: zmq.Context | None = None,
+        keys: CurveKeys | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self.catchup = catchup
-        self._catchup_given = catchup is not None
-        self.down_after = float(down_after)
         self.out = out or sys.stdout
-        self.color = self.out.isatty() if color is None else color
+        # human lines: with --json on stderr so stdout stays machine-readable
+        self.err = (err or sys.stderr) if json_lines else self.out
+        self.color = self.err.isatty() if color is None else color
         self.json_lines = json_lines
-        self.timeout = timeout
-        self.ctx = context or zmq.Context.instance()
         self.summary = WatchSummary(last_seq=since)
-        self._start_since = since
-        self._boot: str | None = None
-        self._down = False
-        self._last_hb: float | None = None
-        self._seen_station = False
+        self.sub = EventSubscriber(endpoint, catchup=catchup, since=since,
+                                   down_after=down_after, timeout=timeout, keys=keys)
 
     # ------------------------------------------------------------------------------ output
     def _c(self, kind: str, text: str) -> str:
@@ -122,35 +99,37 @@ class Watcher:
             return text
         return f"\x1b[{_COLORS[kind]}m{text}\x1b[0m"
 
-    def _print(self, text: str) -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
+    def _say(self, text: str) -> None:
+        self.err.write(text + "\n")
+        self.err.flush()
 
     @staticmethod
-    def _clock(ts: str | None) -> str:
+    def _clock(ts: object) -> str:
         try:
-            t = parse_iso(ts) if ts else time.time()
+            t = parse_iso(ts) if isinstance(ts, str) else time.time()
         except ValueError:
             t = time.time()
         return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
 
-    def _result_line(self, event: dict[str, Any], caught_up: bool) -> str:
-        verdict = str(event.get("verdict"))
+    def _result_line(self, event: Event) -> str:
+        """Fixed-width columns first, then the part id and the details in full (never cut)."""
+        d = event.data
+        verdict = str(d.get("verdict"))
         kind = verdict if verdict in ("pass", "defect", "error") else "error"
-        defects = [d for d in event.get("defects") or [] if isinstance(d, dict)]
-        addresses = "; ".join(dict.fromkeys(str(d.get("address")) for d in defects))
+        defects = [x for x in d.get("defects") or [] if isinstance(x, dict)]
+        detail = "; ".join(dict.fromkeys(str(x.get("address")) for x in defects))
         if verdict == "error":
-            addresses = str(event.get("reason") or "")
-        timings = event.get("timings_ms") or {}
-        lat = self._latency(timings)
+            detail = str(d.get("reason") or "")
+        lat = self._latency(d.get("timings_ms") or {})
         lat_s = f"{lat:7.1f} ms" if lat is not None else "      - ms"
-        tag = "  (caught up)" if caught_up else ""
-        return (f"{self._clock(event.get('ts'))}  {str(event.get('part_id'))[:24]:<24}  "
-                f"{self._c(kind, f'{verdict.upper():<6}')}  {addresses[:48]:<48}  {lat_s}  "
-                f"#{event.get('seq')}{tag}")
+        seq = f"#{d.get('seq')}"
+        tag = "  (caught up)" if event.caught_up else ""
+        line = (f"{self._clock(d.get('ts'))}  {self._c(kind, f'{verdict.upper():<6}')}  "
+                f"{lat_s}  {seq:<7}  {d.get('part_id')}  {detail}")
+        return line.rstrip() + tag
 
     @staticmethod
-    def _latency(timings: dict[str, Any]) -> float | None:
+    def _latency(timings: object) -> float | None:
         """Station latency of a part: queue wait + grab + pipeline total, as far as known."""
         if not isinstance(timings, dict) or "total" not in timings:
             return None
@@ -159,192 +138,87 @@ class Watcher:
         except (TypeError, ValueError):
             return None
 
-    # ------------------------------------------------------------------------------ events
-    def _handle(self, topic: str, event: dict[str, Any], *, caught_up: bool = False) -> None:
+    # ------------------------------------------------------------------------------ items
+    def _on_event(self, event: Event) -> None:
         if self.json_lines:
-            self._print(json.dumps({"topic": topic, "event": event}, separators=(",", ":")))
-        if topic == TOPIC_HEARTBEAT:
+            self.out.write(json.dumps({"topic": event.topic, "event": event.data},
+                                      separators=(",", ":")) + "\n")
+            self.out.flush()
+        if event.topic == TOPIC_HEARTBEAT:
             return
-        seq = event.get("seq")
-        if isinstance(seq, int):
-            self.summary.seqs.append(seq)
-            self.summary.last_seq = seq if self.summary.last_seq is None else max(
-                self.summary.last_seq, seq)
-        if topic.startswith(RESULT_PREFIX):
+        if event.seq is not None:
+            self.summary.seqs.append(event.seq)
+            self.summary.last_seq = event.seq
+        if event.topic.startswith(RESULT_PREFIX):
             self.summary.parts += 1
-            verdict = str(event.get("verdict"))
+            verdict = str(event.data.get("verdict"))
             self.summary.counts[verdict] = self.summary.counts.get(verdict, 0) + 1
-            lat = self._latency(event.get("timings_ms") or {})
+            lat = self._latency(event.data.get("timings_ms") or {})
             if lat is not None:
                 self.summary.latencies_ms.append(lat)
             if not self.json_lines:
-                self._print(self._result_line(event, caught_up))
-        elif topic == TOPIC_STATUS and not self.json_lines:
-            state = str(event.get("state"))
-            reason = event.get("reason")
+                self._say(self._result_line(event))
+        elif event.topic == TOPIC_STATUS and not self.json_lines:
+            state = str(event.data.get("state"))
+            reason = event.data.get("reason")
             kind = "down" if state == "camera_down" else ("warn" if state in (
                 "degraded", "stopping") else "status")
             text = f"-- {state}" + (f": {reason}" if reason else "")
-            tag = "  (caught up)" if caught_up else ""
-            self._print(f"{self._clock(event.get('ts'))}  {self._c(kind, text)}  "
-                        f"#{event.get('seq')}{tag}")
+            tag = "  (caught up)" if event.caught_up else ""
+            self._say(f"{self._clock(event.data.get('ts'))}  {self._c(kind, text)}  "
+                      f"#{event.seq}{tag}")
 
-    def _on_message(self, topic: str, event: dict[str, Any], req_ep: Callable[[], str | None]
-                    ) -> None:
-        now = time.monotonic()
-        boot = event.get("boot")
-        if isinstance(boot, str) and boot != self._boot:
-            if self._boot is not None:
-                self._print(self._c("warn", f"!! station restarted: boot {self._boot} → {boot}"))
-            self._boot = boot
-            self.summary.boots.append(boot)
-        if topic == TOPIC_HEARTBEAT:
-            self._last_hb = now
-            if not self._catchup_given and isinstance(event.get("endpoints"), dict):
-                bound = event["endpoints"].get("catchup")
-                if isinstance(bound, str):
-                    self.catchup = _connectable(bound, self.endpoint)
-            if self._down:
-                self._down = False
-                self._print(self._c("ok", f"== station {event.get('station')} is back "
-                                          f"(state {event.get('state')}, seq "
-                                          f"{event.get('last_seq')})"))
-            if not self._seen_station:
-                self._seen_station = True
-                self._print(self._c("dim", f"== connected to {event.get('station')} at "
-                                           f"{self.endpoint} (boot {boot}, state "
-                                           f"{event.get('state')}, seq {event.get('last_seq')})"))
-                if self._start_since is not None:
-                    self._catch_up(req_ep(), upto=None)
-            last = event.get("last_seq")
-            if isinstance(last, int):
-                if self.summary.last_seq is None:
-                    self.summary.last_seq = last  # baseline: history before we came is not news
-                elif last > self.summary.last_seq:
-                    self._gap(self.summary.last_seq, last + 1, req_ep(), "heartbeat is ahead")
-            self._handle(topic, event)
-            return
-        seq = event.get("seq")
-        if isinstance(seq, int) and self.summary.last_seq is not None:
-            if seq <= self.summary.last_seq:
-                return  # already seen (caught up before it arrived live)
-            if seq > self.summary.last_seq + 1:
-                self._gap(self.summary.last_seq, seq, req_ep(), "seq gap")
-        self._handle(topic, event)
-
-    def _gap(self, last: int, upto: int, endpoint: str | None, why: str) -> None:
-        missing = upto - last - 1
-        if missing <= 0:
-            return
-        self.summary.gaps += 1
-        self.summary.missed += missing
-        self._print(self._c("warn", f"!! {why}: missed seq {last + 1}..{upto - 1} "
-                                    f"({missing}), catching up from {endpoint}"))
-        got = self._catch_up(endpoint, upto=upto)
-        self.summary.recovered += got
-        if got < missing:
-            self.summary.lost += missing - got
-            self._print(self._c("warn", f"!! {missing - got} event(s) could not be recovered "
-                                        "(rotated out of the journal or station unreachable)"))
-
-    def _catch_up(self, endpoint: str | None, upto: int | None) -> int:
-        """Fetch events after ``summary.last_seq`` (below ``upto``) and handle them."""
-        if endpoint is None:
-            self._print(self._c("warn", "!! no catch-up endpoint known (use --catchup)"))
-            return 0
-        got = 0
-        sock = self.ctx.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, int(self.timeout * 1000))
-        sock.setsockopt(zmq.SNDTIMEO, int(self.timeout * 1000))
-        try:
-            sock.connect(endpoint)
-            for _ in range(MAX_CATCHUP_BATCHES):
-                since = self.summary.last_seq if self.summary.last_seq is not None else 0
-                sock.send(json.dumps({"since": since}).encode())
-                reply = json.loads(sock.recv())
-                if not reply.get("ok"):
-                    self._print(self._c("warn", f"!! catch-up refused: {reply.get('error')}"))
-                    break
-                events = reply.get("events") or []
-                for item in events:
-                    ev = item.get("event") or {}
-                    seq = ev.get("seq")
-                    if not isinstance(seq, int) or (upto is not None and seq >= upto):
-                        continue
-                    if self.summary.last_seq is not None and seq <= self.summary.last_seq:
-                        continue
-                    self._handle(str(item.get("topic")), ev, caught_up=True)
-                    got += 1
-                done = not reply.get("more") or not events
-                if upto is not None and (self.summary.last_seq or 0) >= upto - 1:
-                    done = True
-                if done:
-                    break
-        except zmq.Again:
-            self._print(self._c("warn", f"!! catch-up from {endpoint}: no answer "
-                                        f"within {self.timeout:g} s"))
-        except (zmq.ZMQError, ValueError) as exc:
-            self._print(self._c("warn", f"!! catch-up from {endpoint} failed: {exc}"))
-        finally:
-            sock.close(linger=0)
-        return got
+    def _on_notice(self, n: Notice) -> None:
+        if n.kind == "down":
+            self.summary.heartbeat_losses += 1
+            self.summary.down_reported_at.append(time.monotonic())
+            bell = "\a" if self.color else ""
+            what = n.message.removeprefix("station down: ")
+            self._say(bell + self._c("down", f"!!!! STATION DOWN: {what} (last seq "
+                                             f"{self.sub.last_seq}) — treat every part as "
+                                             "rejected !!!!"))
+        elif n.kind == "up":
+            self._say(self._c("ok", f"== {n.message}"))
+        elif n.kind == "connected":
+            if self.sub.boot and self.sub.boot not in self.summary.boots:
+                self.summary.boots.append(self.sub.boot)
+            self._say(self._c("dim", f"== {n.message}"))
+        elif n.kind == "restart":
+            self.summary.boots.append(str(n.data.get("boot")))
+            self._say(self._c("warn", f"!! {n.message}"))
+        elif n.kind == "resume":
+            self._say(self._c("dim", f"== {n.message}"))
+        else:  # gap, lost, seq_reset
+            if n.kind == "lost" and self.sub.catchup_endpoint is None:
+                self._say(self._c("warn", "!! no catch-up endpoint known (use --catchup)"))
+            self._say(self._c("warn", f"!! {n.message}"))
 
     # ------------------------------------------------------------------------------ loop
     def run(self, *, duration: float | None = None, count: int | None = None,
             stop: threading.Event | None = None) -> WatchSummary:
         """Watch until ``stop`` is set, ``duration`` s passed, ``count`` parts were seen,
         or Ctrl-C; prints the summary and returns it."""
-        sub = self.ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 100_000)
-        sub.setsockopt(zmq.SUBSCRIBE, b"insp.")
-        sub.connect(self.endpoint)
-        t0 = time.monotonic()
-        deadline = t0 + duration if duration is not None else None
-        self._last_hb = None
-        down_since = t0  # before the first heartbeat, count from the start
-
-        def req_ep() -> str | None:
-            return self.catchup or derive_catchup(self.endpoint)
-
+        deadline = None if duration is None else time.monotonic() + duration
         try:
             while stop is None or not stop.is_set():
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
+                if deadline is not None and time.monotonic() >= deadline:
                     break
                 if count is not None and self.summary.parts >= count:
                     break
-                ref = self._last_hb if self._last_hb is not None else down_since
-                hb_deadline = ref + self.down_after
-                if not self._down and now >= hb_deadline:
-                    self._down = True
-                    self.summary.heartbeat_losses += 1
-                    self.summary.down_reported_at.append(now)
-                    bell = "\a" if self.color else ""
-                    what = (f"no heartbeat for {now - ref:.1f} s"
-                            if self._last_hb is not None else
-                            f"no heartbeat within {self.down_after:g} s of connecting")
-                    self._print(bell + self._c(
-                        "down", f"!!!! STATION DOWN: {what} from {self.endpoint} "
-                                f"(last seq {self.summary.last_seq}) — treat every part as "
-                                "rejected !!!!"))
-                wait = 0.1 if self._down else max(0.0, min(0.1, hb_deadline - now))
-                if sub.poll(wait * 1000) == 0:
-                    continue
-                for _ in range(1000):
-                    try:
-                        frames = sub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        topic, event = decode(frames)
-                    except (ValueError, UnicodeDecodeError):
-                        continue
-                    self._on_message(topic, event, req_ep)
+                wait = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
+                for item in self.sub.poll(wait):
+                    if isinstance(item, Event):
+                        self._on_event(item)
+                    else:
+                        self._on_notice(item)
         except KeyboardInterrupt:
             pass
         finally:
-            sub.close(linger=0)
-        self._print(self._c("dim", "== " + self.summary.line()))
-        return self.summary
+            self.sub.close()
+        st = self.sub.stats
+        s = self.summary
+        s.gaps, s.missed, s.recovered, s.lost = st.gaps, st.missed, st.recovered, st.lost
+        if self.sub.last_seq is not None:
+            s.last_seq = self.sub.last_seq
+        self._say(self._c("dim", "== " + s.line()))
+        return s

@@ -104,7 +104,7 @@ def test_gap_is_reported_and_caught_up_in_order(tmp_path: Path) -> None:
     text = out.getvalue()
     lines = text.splitlines()
     assert any("seq gap: missed seq 3..5 (3)" in x for x in lines), text
-    order = [next(i for i, x in enumerate(lines) if f" {p} " in x) for p in
+    order = [next(i for i, x in enumerate(lines) if f"  {p}" in x) for p in
              ("p1", "p2", "p3", "p4", "p5")]
     assert order == sorted(order)  # caught-up parts printed before the live one
     p2 = lines[order[1]]
