@@ -8,7 +8,6 @@
   family detection, LoRA adapters, the 4-bit layer count; start-up problems are ConfigErrors.
 * :mod:`pipeline.vlm.judge` — :class:`VlmJudge`: scored (default) and generate modes under a time
   budget; never raises for one part.
-* :mod:`pipeline.vlm.tiny` — tiny random models with working processors, written offline.
 
 Importing this package is cheap: torch, transformers and unsloth are imported when a model loads.
 See ``docs/vlm.md``.

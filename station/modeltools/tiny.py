@@ -461,7 +461,7 @@ def write_tiny_model(
         "shape": shape,
         "seed": seed,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "note": "random weights written by pipeline.vlm.tiny; for tests and benchmarks only",
+        "note": "random weights written by station.modeltools.tiny; for tests and benchmarks only",
     }
     (out / "station_tiny.json").write_text(json.dumps(info, indent=2) + "\n")
     del model
