@@ -1,30 +1,33 @@
 """Frame → addressed verdict.  The one code path for live inspection, replay and evaluation.
 
-Stages: validate the frame → align to the golden → NSOARTC distance → cell scores → metric judge →
-overlay and metric image → (VLM judge) → decision policy.  Anything that goes wrong in a stage gives
-an ``error`` result with a reason; nothing that could not be judged is ever reported ``pass``.
+Shared stages, computed once per part: validate the frame → align to the golden (+ photometric
+normalisation) → NSOARTC distance ``D`` → cell scores → metric image.  Then the judges the
+Inspector was given run in order on one :class:`~pipeline.judges.base.JudgeContext` (each timed as
+``timings_ms[<judge name>]``), the decision policy combines their results, and the overlay marks
+the defects of the final decision.  Anything that goes wrong gives an ``error`` result with a
+reason; nothing that could not be judged is ever reported ``pass``.
+
+An Inspector has one recipe.  Judging frames against goldens of their own (manifest rows, DeepPCB
+pairs) is evaluation-only and lives in :mod:`station.golden_switch`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pipeline.base.frames import Frame
-from pipeline.decision import POLICIES, decide
-from pipeline.metric_judge import MetricJudge
+from pipeline.decision import decide, validate_policy
+from pipeline.judges.base import Judge, JudgeContext
+from pipeline.judges.selection import judges_for
 from pipeline.overlay import draw_overlay
-from pipeline.recipe import Recipe, build_recipe, read_image, to_channels
+from pipeline.recipe import Recipe, to_channels
 from pipeline.verdicts import Defect, JudgeResult, Verdict
-
-if TYPE_CHECKING:
-    from pipeline.vlm_stage import VlmStage
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ class InspectionResult:
     cell_scores: dict[str, float] = field(default_factory=dict)
     # for the recorder and reports (not part of the event): frame, aligned, metric, overlay
     images: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # for the recorder only: what the language-model judges were asked and answered (see
+    # JudgeResult.prompt / raw_answer)
     prompt: str | None = None
     raw_answer: str | None = None
 
@@ -66,88 +71,73 @@ class InspectionResult:
         }
 
 
-class _GoldenProblem(Exception):
-    """A per-frame golden that cannot be used (its reason is the result's reason)."""
+class Inspector:
+    """Inspects frames against one recipe with a list of judges and a decision ``policy``.
 
+    ``judges``: built by :func:`pipeline.judges.selection.judges_for` (names unique; default:
+    the recipe's ``judges:``); ``policy``: ``any``, ``all``/``both`` or one judge's name
+    (ValueError when it does not fit the judges).
+    """
 
-class _Stages:
-    """The recipe-bound objects of one golden: aligner, transform, judge."""
-
-    def __init__(self, recipe: Recipe) -> None:
+    def __init__(self, recipe: Recipe, judges: Sequence[Judge] | None = None, *,
+                 policy: str = "any") -> None:
+        if judges is None:
+            judges = judges_for(recipe)
+        names = [j.name for j in judges]
+        if len(set(names)) != len(names):
+            raise ValueError(f"judge names must be unique, got {names}")
+        self.policy = validate_policy(policy, names)
         self.recipe = recipe
+        self.judges: list[Judge] = list(judges)
         self.aligner = recipe.make_aligner()
         self.photometric = recipe.make_photometric()
         self.transform = recipe.make_transform()
-        self.judge = MetricJudge(recipe.settings.thresholds)
         self.cell_scorer = recipe.make_cell_scorer()
+        self.thresholds: dict[str, float] = {
+            a: float(t) for a, t in recipe.settings.thresholds.items()}
         self._golden_metric: np.ndarray | None = None
+        models = [m for m in (getattr(j, "model_name", None) for j in self.judges) if m]
+        self.model_name: str | None = "; ".join(models) if models else None
+
+    @property
+    def judge_names(self) -> list[str]:
+        """Names of the judges, in the order they run."""
+        return [j.name for j in self.judges]
 
     def golden_metric(self) -> np.ndarray:
-        """Metric image of the golden itself (the "passed" DST image shown to the VLM)."""
+        """Metric image of the golden itself (the "passed" DST image shown to the VLM); computed
+        on first use."""
         if self._golden_metric is None:
             d = self.transform.distance(self.recipe.golden, None)
             self._golden_metric = self.transform.metric_image(d)
         return self._golden_metric
 
+    def close(self) -> None:
+        """Close the judges that hold resources (a model worker)."""
+        for j in self.judges:
+            close = getattr(j, "close", None)
+            if callable(close):
+                close()
 
-class Inspector:
-    """Inspects frames against one recipe; optional VLM judge; decision ``policy``.
+    @staticmethod
+    def part_id_of(frame: Frame, part_id: str | None = None) -> str:
+        """The part id a result for ``frame`` carries: ``part_id``, the frame's, or source#seq."""
+        return part_id or str(frame.meta.get("part_id") or f"{frame.source_id}#{frame.seq}")
 
-    A frame whose ``meta["golden"]`` names another golden image (a manifest row or a DeepPCB pair)
-    is judged against that golden with the recipe's settings and a unit space synthesised from it;
-    those derived recipes are cached (``golden_cache`` entries).
-    """
+    @staticmethod
+    def frame_problem(frame: Frame) -> str | None:
+        """Why ``frame`` cannot be inspected at all (no image, bad array), or None."""
+        if not frame.ok:
+            return frame.error or "no_frame"
+        assert frame.image is not None
+        return _frame_problem(frame.image)
 
-    def __init__(
-        self,
-        recipe: Recipe,
-        *,
-        vlm: VlmStage | None = None,
-        policy: str = "any",
-        golden_cache: int = 8,
-    ) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"unknown policy {policy!r}")
-        if policy in ("vlm", "both") and vlm is None:
-            raise ValueError(f"policy {policy!r} needs a VLM judge")
-        self.recipe = recipe
-        self.vlm = vlm
-        self.policy = policy
-        self._base = _Stages(recipe)
-        self._derived: OrderedDict[str, _Stages] = OrderedDict()
-        self._cache_size = golden_cache
-        self.model_name: str | None = getattr(vlm, "model_name", None) if vlm else None
-
-    def _stages_for(self, frame: Frame) -> _Stages:
-        golden_path = frame.meta.get("golden")
-        if not golden_path:
-            return self._base
-        key = str(Path(golden_path).resolve())
-        if self.recipe.folder and key == str((self.recipe.folder / "golden.png").resolve()):
-            return self._base
-        stages = self._derived.get(key)
-        if stages is None:
-            try:
-                golden = read_image(key)
-            except ValueError as exc:
-                raise _GoldenProblem(f"golden_unreadable: {exc}") from None
-            try:
-                recipe = build_recipe([], self.recipe.settings.grid, golden=golden,
-                                      settings=self.recipe.settings, source=key)
-            except ValueError as exc:  # e.g. a blank golden: nothing to align on
-                raise _GoldenProblem(f"golden_unusable: {key}: {exc}") from None
-            recipe.hash = self.recipe.hash
-            stages = _Stages(recipe)
-            self._derived[key] = stages
-            while len(self._derived) > self._cache_size:
-                self._derived.popitem(last=False)
-        else:
-            self._derived.move_to_end(key)
-        return stages
-
-    def _error(self, part_id: str, reason: str, t0: float, timings: dict[str, float],
-               images: dict[str, np.ndarray] | None = None) -> InspectionResult:
-        timings["total"] = (time.perf_counter() - t0) * 1000
+    def error_result(self, part_id: str, reason: str, t0: float | None = None,
+                     timings: dict[str, float] | None = None,
+                     images: dict[str, np.ndarray] | None = None) -> InspectionResult:
+        """An ``error`` result for ``part_id`` (``timings['total']`` since ``t0``)."""
+        timings = {} if timings is None else timings
+        timings["total"] = (time.perf_counter() - t0) * 1000 if t0 is not None else 0.0
         return InspectionResult(
             part_id=part_id,
             verdict=Verdict.ERROR,
@@ -161,83 +151,82 @@ class Inspector:
     def inspect(self, frame: Frame, part_id: str | None = None) -> InspectionResult:
         """Judge one frame.  Never raises for bad input: problems become ``error`` results."""
         t0 = time.perf_counter()
-        part_id = part_id or str(frame.meta.get("part_id") or f"{frame.source_id}#{frame.seq}")
+        part_id = self.part_id_of(frame, part_id)
         timings: dict[str, float] = {}
-        if not frame.ok:
-            return self._error(part_id, frame.error or "no_frame", t0, timings)
-        image = frame.image
-        assert image is not None
-        problem = _frame_problem(image)
+        problem = self.frame_problem(frame)
         if problem:
-            return self._error(part_id, problem, t0, timings)
+            return self.error_result(part_id, problem, t0, timings)
+        assert frame.image is not None
         try:
-            return self._inspect(frame, image, part_id, t0, timings)
+            return self._inspect(frame, frame.image, part_id, t0, timings)
         except Exception as exc:  # a bug or an unexpected input must not become a pass
             log.exception("inspection of %s failed", part_id)
-            return self._error(part_id, f"internal_error: {type(exc).__name__}: {exc}", t0, timings)
+            return self.error_result(part_id, f"internal_error: {type(exc).__name__}: {exc}", t0,
+                                     timings)
 
     def _inspect(self, frame: Frame, image: np.ndarray, part_id: str, t0: float,
                  timings: dict[str, float]) -> InspectionResult:
         if image.dtype == np.uint16:
             image = (image >> 8).astype(np.uint8)
-        try:
-            st = self._stages_for(frame)
-        except _GoldenProblem as exc:
-            return self._error(part_id, str(exc), t0, timings)
-        settings = st.recipe.settings
-        channels = settings.nsoartc.channels
-        image = to_channels(image, channels)
+        recipe = self.recipe
+        settings = recipe.settings
+        image = to_channels(image, settings.nsoartc.channels)
         images: dict[str, np.ndarray] = {"frame": frame.image}  # type: ignore[dict-item]
 
         t = time.perf_counter()
         if settings.align.enabled:
-            al = st.aligner.align(image)
+            al = self.aligner.align(image)
             if not al.ok or al.image is None:
                 timings["align"] = (time.perf_counter() - t) * 1000
-                return self._error(part_id, al.reason or "alignment_failed", t0, timings, images)
-            aligned = st.photometric.apply(al.image, al.valid)
+                return self.error_result(part_id, al.reason or "alignment_failed", t0, timings,
+                                         images)
+            aligned = self.photometric.apply(al.image, al.valid)
             valid, align_score = al.valid, al.score
             timings["align"] = (time.perf_counter() - t) * 1000
         else:
-            if image.shape[:2] != st.recipe.golden.shape[:2]:
-                h, w = st.recipe.golden.shape[:2]
-                return self._error(part_id, f"wrong_size: {image.shape[1]}x{image.shape[0]} "
-                                   f"(golden {w}x{h}, alignment disabled)", t0, timings, images)
+            if image.shape[:2] != recipe.golden.shape[:2]:
+                h, w = recipe.golden.shape[:2]
+                return self.error_result(
+                    part_id, f"wrong_size: {image.shape[1]}x{image.shape[0]} "
+                    f"(golden {w}x{h}, alignment disabled)", t0, timings, images)
             t = time.perf_counter()
-            aligned, valid, align_score = st.photometric.apply(image), None, 1.0
+            aligned, valid, align_score = self.photometric.apply(image), None, 1.0
             timings["align"] = (time.perf_counter() - t) * 1000
         images["aligned"] = aligned
 
         t = time.perf_counter()
-        d = st.transform.distance(aligned, valid)
+        d = self.transform.distance(aligned, valid)
         timings["nsoartc"] = (time.perf_counter() - t) * 1000
 
         t = time.perf_counter()
-        scores = st.cell_scorer.attribute(d, st.cell_scorer(d), st.judge.thresholds)
-        metric = st.judge.judge(scores)
-        metric.details["align_score"] = round(float(align_score), 4)
+        scores = self.cell_scorer.attribute(d, self.cell_scorer(d), self.thresholds)
         timings["cells"] = (time.perf_counter() - t) * 1000
 
         t = time.perf_counter()
-        metric_image = st.transform.metric_image(d)
-        overlay = draw_overlay(aligned, st.recipe.grid, marked=[x.address for x in metric.defects])
-        timings["overlay"] = (time.perf_counter() - t) * 1000
+        metric_image = self.transform.metric_image(d)
+        overlay_ms = (time.perf_counter() - t) * 1000
         images["metric"] = metric_image
-        images["overlay"] = overlay
 
-        judges = {"metric": metric}
-        prompt = raw = None
-        if self.vlm is not None:
+        ctx = JudgeContext(
+            part_id=part_id, recipe=recipe, frame=frame, aligned=aligned, valid=valid,
+            distance=d, cell_scores=scores, metric_image=metric_image,
+            align_score=float(align_score), grid=recipe.grid, thresholds=self.thresholds,
+            golden_metric_fn=self.golden_metric,
+        )
+        judges: dict[str, JudgeResult] = {}
+        for judge in self.judges:
             t = time.perf_counter()
-            vlm_result, prompt = self.vlm.judge_part(golden=st.recipe.golden, aligned=aligned,
-                                             metric_image=metric_image,
-                                             golden_metric=st.golden_metric(),
-                                             grid=st.recipe.grid)
-            timings["vlm"] = (time.perf_counter() - t) * 1000
-            judges["vlm"] = vlm_result
-            raw = vlm_result.details.get("raw")
+            judges[judge.name] = self._run_judge(judge, ctx)
+            timings[judge.name] = (time.perf_counter() - t) * 1000
 
-        verdict, reason, defects = decide(self.policy, metric, judges.get("vlm"))
+        verdict, reason, defects = decide(self.policy, judges)
+
+        t = time.perf_counter()
+        images["overlay"] = draw_overlay(aligned, recipe.grid,
+                                         marked=list(dict.fromkeys(x.address for x in defects)))
+        timings["overlay"] = overlay_ms + (time.perf_counter() - t) * 1000
+        prompts = [(n, j.prompt) for n, j in judges.items() if j.prompt]
+        answers = [(n, j.raw_answer) for n, j in judges.items() if j.raw_answer is not None]
         timings["total"] = (time.perf_counter() - t0) * 1000
         return InspectionResult(
             part_id=part_id,
@@ -246,13 +235,36 @@ class Inspector:
             defects=defects,
             judges=judges,
             timings_ms=timings,
-            recipe=self.recipe.short_hash,
+            recipe=recipe.short_hash,
             model=self.model_name,
             cell_scores=scores,
             images=images,
-            prompt=prompt,
-            raw_answer=raw,
+            prompt=_join(prompts),
+            raw_answer=_join(answers),
         )
+
+    @staticmethod
+    def _run_judge(judge: Judge, ctx: JudgeContext) -> JudgeResult:
+        """``judge.judge(ctx)``; a judge that raises gives an ``error`` result (never a pass)."""
+        try:
+            result = judge.judge(ctx)
+        except Exception as exc:
+            log.exception("judge %s failed on %s", judge.name, ctx.part_id)
+            return JudgeResult(judge.name, Verdict.ERROR,
+                               reason=f"judge_failed: {type(exc).__name__}: {exc}")
+        if not isinstance(result, JudgeResult):
+            return JudgeResult(judge.name, Verdict.ERROR,
+                               reason=f"judge_failed: returned {type(result).__name__}")
+        return result
+
+
+def _join(texts: list[tuple[str, str]]) -> str | None:
+    """One judge's text as is; several judges' texts each under a ``[name]`` header."""
+    if not texts:
+        return None
+    if len(texts) == 1:
+        return texts[0][1]
+    return "\n\n".join(f"[{name}]\n{text}" for name, text in texts)
 
 
 def _frame_problem(image: np.ndarray) -> str | None:

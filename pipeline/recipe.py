@@ -28,7 +28,7 @@ from pipeline.base.imageio import read_image as read_frame_image
 from pipeline.base.yamlconf import YamlDoc, build_dataclass, load_yaml
 from pipeline.cell_scoring import CellScorer
 from pipeline.grid import AddressGrid
-from pipeline.metric_judge import fit_thresholds
+from pipeline.judges.metric import fit_thresholds
 from pipeline.nsoartc import (  # the golden-side sums are computed once per recipe build
     NsoartcTransform,
     UnitSpace,
@@ -137,6 +137,9 @@ class RecipeSettings:
     nsoartc: NsoartcSettings = field(default_factory=NsoartcSettings)
     unit_space: UnitSpaceSettings = field(default_factory=UnitSpaceSettings)
     cells: ThresholdSettings = field(default_factory=ThresholdSettings)
+    # judges run on every part, in order, by registered name (pipeline.judges); ``vlm`` is
+    # appended when the VLM is enabled
+    judges: list[str] = field(default_factory=lambda: ["metric"])
     vlm: dict[str, Any] = field(default_factory=dict)
     built: dict[str, Any] = field(default_factory=dict)  # provenance: date, frames, version
     version: int = 1
@@ -407,6 +410,7 @@ def build_recipe(
         nsoartc=base.nsoartc,
         unit_space=base.unit_space,
         cells=base.cells,
+        judges=list(base.judges),
         vlm=dict(vlm if vlm is not None else base.vlm),
         built=built,
     )

@@ -45,15 +45,20 @@ class Defect:
 
 @dataclass
 class JudgeResult:
-    """What one judge (``metric`` or ``vlm``) said about one part."""
+    """What one judge (named ``judge``: ``metric``, ``vlm``, any registered one) said about one
+    part."""
 
     judge: str
     verdict: Verdict
     defects: list[Defect] = field(default_factory=list)
     reason: str | None = None
-    # judge-specific figures: metric → {"max_score": …, "cells": {...}}; vlm → {"p_defect": …,
-    # "raw": answer text, "mode": "scored"|"generate", "ms": …}
+    # judge-specific figures, in events and reports: metric → {"max_score": …, "cells": {...},
+    # "align_score": …}; vlm → {"p_defect": …, "raw": answer text, "mode": …, "ms": …}
     details: dict[str, Any] = field(default_factory=dict)
+    # for the recorder only (never in an event): the text a language-model judge was asked and
+    # its full answer
+    prompt: str | None = None
+    raw_answer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict for ``judges.<name>`` of the event."""

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.boxscore import accumulate, score_flags_against_boxes  # noqa: E402
 from pipeline.grid import AddressGrid  # noqa: E402
-from pipeline.metric_judge import MetricJudge, fit_thresholds  # noqa: E402
+from pipeline.judges.metric import MetricJudge, fit_thresholds  # noqa: E402
 from pipeline.nsoartc import NsoartcTransform, UnitSpace, synth_good_frames  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "deeppcb"
@@ -183,7 +183,7 @@ def run_pair(row: dict[str, Any], p: dict[str, Any], data: Path) -> dict[str, An
     )
     d = tr.distance(x, valid)
     scores = grid.cell_scores(d, valid, quantile=p["quantile"], support=p["support"])
-    res = MetricJudge(thr).judge(scores)
+    res = MetricJudge(thr).judge_scores(scores)
     flagged = {df.address for df in res.defects}
     sc = score_flags_against_boxes(flagged, grid, row["boxes"])
     sc.update(

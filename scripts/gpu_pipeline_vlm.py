@@ -1,4 +1,4 @@
-"""The VLM judge inside the real pipeline on a GPU: synthetic line parts → Inspector → VlmStage.
+"""The VLM judge inside the real pipeline on a GPU: synthetic line parts → Inspector → vlm judge.
 
 Unlike ``gpu_vlm_bench.py`` (which times the judge on drawn stand-in images), this runs the
 station's own code path: frames of the synthetic pin line are aligned, turned into NSOARTC metric
@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 from camera.synth import LineSpec, make_part, sample_defects  # noqa: E402
 from pipeline.base.frames import Frame  # noqa: E402
 from pipeline.inspector import Inspector  # noqa: E402
+from pipeline.judges.metric import MetricJudge  # noqa: E402
+from pipeline.judges.vlm import VlmPartJudge  # noqa: E402
 from pipeline.vlm.tiny import write_tiny_model  # noqa: E402
-from pipeline.vlm_stage import VlmStage  # noqa: E402
 from station.demo.line import build_demo_recipe  # noqa: E402
 
 
@@ -74,9 +75,9 @@ def main() -> int:
         if args.backend == "transformers" and mode == "generate":
             settings["compile_generate"] = True
         t0 = time.perf_counter()
-        stage = VlmStage.from_settings(settings, cache_dir=work / "cache")
+        stage = VlmPartJudge.from_settings(settings, cache_dir=work / "cache")
         load_s = time.perf_counter() - t0
-        inspector = Inspector(recipe, vlm=stage)
+        inspector = Inspector(recipe, [MetricJudge(recipe.settings.thresholds), stage])
         by_verdict: dict[str, list[float]] = {}
         sizes = set()
         for i, frame in enumerate(frames):
@@ -87,19 +88,18 @@ def main() -> int:
             if vlm.verdict.value == "error":
                 raise RuntimeError(f"vlm error: {vlm.reason}")
             by_verdict.setdefault(vlm.verdict.value, []).append(r.timings_ms["vlm"])
-            st = inspector._base
-            imgs = stage.compose(golden=st.recipe.golden, aligned=r.images["aligned"],
+            imgs = stage.compose(golden=recipe.golden, aligned=r.images["aligned"],
                                  metric_image=r.images["metric"],
-                                 golden_metric=st.golden_metric(), grid=st.recipe.grid)
+                                 golden_metric=inspector.golden_metric(), grid=recipe.grid)
             sizes.add(tuple(tuple(im.shape[:2]) for im in imgs))
         allv = [v for vs in by_verdict.values() for v in vs]
         out["modes"][mode] = {
-            "load_s": round(load_s, 1), "model": stage.judge.model_info,
+            "load_s": round(load_s, 1), "model": stage.judge_model.model_info,
             "p50_ms": pct(allv, 50), "p95_ms": pct(allv, 95),
             "by_vlm_verdict": {k: {"n": len(v), "p50_ms": pct(v, 50), "p95_ms": pct(v, 95)}
                                for k, v in by_verdict.items()},
             "composed_images_hw": sorted(sizes),
-            "counters": stage.judge.counters,
+            "counters": stage.judge_model.counters,
         }
         stage.close()
         del inspector, stage

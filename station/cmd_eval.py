@@ -14,6 +14,7 @@ from pipeline.base.errors import ConfigError
 from pipeline.inspector import Inspector
 from pipeline.recipe import build_recipe, read_image
 from station.cmd_replay import add_inspector_args, run_replay
+from station.golden_switch import GoldenSwitch
 from station.recipe_tools import DEFAULTS_DIR, inspector_from_args, load_settings_file
 
 
@@ -31,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def deeppcb_inspector(data: Path, settings_path: str | None) -> Inspector:
-    """An Inspector whose recipe settings are the DeepPCB ones; every pair brings its golden."""
+def deeppcb_inspector(data: Path, settings_path: str | None) -> GoldenSwitch:
+    """Inspectors whose recipe settings are the DeepPCB ones; every pair brings its golden (a
+    recipe is built once per golden, the last two kept)."""
     settings = load_settings_file(settings_path or DEFAULTS_DIR / "deeppcb.yaml")
     source = DeepPcbSource(data)
     try:
@@ -44,7 +46,7 @@ def deeppcb_inspector(data: Path, settings_path: str | None) -> Inspector:
     golden = read_image(first.meta["golden"], grey=settings.nsoartc.channels == "grey")
     recipe = build_recipe([], settings.grid, golden=golden, settings=settings, source=str(data))
     recipe.hash = "deeppcb-" + settings.name
-    return Inspector(recipe, policy="metric", golden_cache=2)
+    return GoldenSwitch(Inspector(recipe), cache_size=2)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ from typing import Any
 
 from camera.replay import open_replay_source
 from pipeline.base.frames import Frame
-from pipeline.decision import POLICIES
 from pipeline.inspector import Inspector
 from station.recipe_tools import inspector_from_args
 from station.replay_runner import PartOutcome, Progress, replay, write_json_line
@@ -26,7 +25,8 @@ def add_inspector_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("-c", "--config", help="station YAML (recipe, policy, vlm)")
     g.add_argument("--recipe", help="recipe folder")
-    p.add_argument("--policy", choices=POLICIES, help="decision policy (default: config's, any)")
+    p.add_argument("--policy", help="decision policy: any, all (alias both) or a judge's name "
+                                    "(default: config's, any)")
     p.add_argument("--vlm", metavar="MODEL_DIR", help="enable the VLM judge with this model")
     p.add_argument("--limit", type=int, help="stop after N parts")
 

@@ -9,8 +9,6 @@ from typing import Any, Literal
 from pipeline.base.errors import ConfigError
 from pipeline.base.yamlconf import YamlDoc, build_dataclass, load_yaml
 
-Policy = Literal["any", "metric", "vlm", "both"]
-
 
 @dataclass(frozen=True)
 class StationSection:
@@ -120,7 +118,11 @@ class StationConfig:
     camera: CameraSection = field(default_factory=CameraSection)
     events: EventsSection = field(default_factory=EventsSection)
     recording: RecordingSection = field(default_factory=RecordingSection)
-    policy: Policy = "any"
+    # decision policy: any, all (alias both) or a judge's name (checked against the judges when
+    # the inspector is built)
+    policy: str = "any"
+    # judges to run instead of the recipe's ``judges:`` (``vlm`` is added when enabled)
+    judges: list[str] | None = None
     # Overrides of the recipe's ``vlm:`` section (validated by pipeline.vlm.settings).
     vlm: dict[str, Any] = field(default_factory=dict)
     path: str = ""
@@ -151,4 +153,24 @@ def load_config(path: str | Path) -> StationConfig:
             VlmSettings.from_dict(cfg.vlm)
         except (ValueError, TypeError) as exc:
             raise ConfigError(str(exc), doc.where(("vlm",))) from None
+    _check_policy(cfg, doc, recipe_dir)
     return cfg
+
+
+def _check_policy(cfg: StationConfig, doc: YamlDoc, recipe_dir: Path) -> None:
+    """The policy must be any/all/both or the name of a judge the station runs (the config's
+    ``judges:`` or the recipe's, + ``vlm`` when enabled); ConfigError at its line if not."""
+    from pipeline.decision import validate_policy
+    from pipeline.judges.selection import judge_names
+    from pipeline.recipe import RecipeSettings
+
+    rdoc = load_yaml(recipe_dir / "recipe.yaml")
+    settings = build_dataclass(RecipeSettings, rdoc.data, rdoc)
+    try:
+        names = judge_names(settings.judges, cfg.judges, vlm_settings={**settings.vlm, **cfg.vlm})
+    except ValueError as exc:
+        raise ConfigError(str(exc), doc.where(("judges",) if cfg.judges else ("vlm",))) from None
+    try:
+        validate_policy(cfg.policy, names)
+    except ValueError as exc:
+        raise ConfigError(str(exc), doc.where(("policy",))) from None

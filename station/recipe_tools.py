@@ -7,7 +7,9 @@ from typing import Any
 
 from pipeline.base.errors import ConfigError
 from pipeline.base.yamlconf import build_dataclass, load_yaml
+from pipeline.decision import validate_policy
 from pipeline.inspector import Inspector
+from pipeline.judges.selection import judge_names, judges_for
 from pipeline.recipe import Recipe, RecipeSettings
 from station.config import StationConfig, load_config
 
@@ -40,19 +42,27 @@ def load_grid_file(path: str | Path) -> dict[str, Any]:
 
 def build_inspector(cfg: StationConfig, *, policy: str | None = None,
                     vlm_overrides: dict[str, Any] | None = None) -> Inspector:
-    """The Inspector a station config describes: its recipe, the VLM stage (recipe ``vlm:`` +
-    the config's overrides + ``vlm_overrides``) and its decision policy (or ``policy``)."""
+    """The Inspector a station config describes: its recipe, its judges (the config's
+    ``judges:`` or the recipe's, + ``vlm`` when recipe ``vlm:`` + the config's overrides +
+    ``vlm_overrides`` enable it) and its decision policy (or ``policy``)."""
     recipe = Recipe.load(cfg.resolve(cfg.recipe))
-    return _inspector(recipe, policy or cfg.policy, {**cfg.vlm, **(vlm_overrides or {})},
-                      cfg.resolve(cfg.station.cache_dir))
+    return inspector_for(recipe, policy or cfg.policy, {**cfg.vlm, **(vlm_overrides or {})},
+                         cfg.resolve(cfg.station.cache_dir), cfg.judges)
 
 
-def _inspector(recipe: Recipe, policy: str, vlm_overrides: dict[str, Any],
-               cache_dir: Path | None) -> Inspector:
-    vlm = build_vlm(recipe, vlm_overrides, cache_dir=cache_dir)
-    if vlm is None and policy in ("vlm", "both"):
-        raise ConfigError(f"policy {policy!r} needs the VLM judge (vlm.enabled: true)")
-    return Inspector(recipe, vlm=vlm, policy=policy)
+def inspector_for(recipe: Recipe, policy: str, vlm_overrides: dict[str, Any],
+                  cache_dir: Path | None, judges: list[str] | None = None) -> Inspector:
+    """An Inspector for ``recipe``: judges from the registry (the recipe's ``judges:`` or
+    ``judges``, + ``vlm`` when the merged ``vlm:`` settings enable it, model files cached under
+    ``cache_dir``); a policy or judge list that does not fit is a ConfigError."""
+    vlm_settings = {**recipe.settings.vlm, **vlm_overrides}
+    try:
+        names = judge_names(recipe.settings.judges, judges, vlm_settings=vlm_settings)
+        validate_policy(policy, names)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return Inspector(recipe, judges_for(recipe, names, vlm_settings=vlm_settings,
+                                        cache_dir=cache_dir), policy=policy)
 
 
 def inspector_from_args(args: Any) -> tuple[Inspector, StationConfig | None]:
@@ -66,15 +76,5 @@ def inspector_from_args(args: Any) -> tuple[Inspector, StationConfig | None]:
         cfg = load_config(args.config)
         return build_inspector(cfg, policy=policy, vlm_overrides=overrides), cfg
     if getattr(args, "recipe", None):
-        return _inspector(Recipe.load(args.recipe), policy or "any", overrides, None), None
+        return inspector_for(Recipe.load(args.recipe), policy or "any", overrides, None), None
     raise ConfigError("give --config STATION_YAML or --recipe RECIPE_DIR")
-
-
-def build_vlm(recipe: Recipe, overrides: dict[str, Any], cache_dir: Path | None = None):
-    """The VLM stage when the recipe (or the overrides) enable it, else None."""
-    merged = {**recipe.settings.vlm, **overrides}
-    if not merged.get("enabled"):
-        return None
-    from pipeline.vlm_stage import VlmStage  # torch only when the VLM is on
-
-    return VlmStage.from_settings(merged, cache_dir=cache_dir)

@@ -1,4 +1,8 @@
-"""Replay: run any frame source through the Inspector and compare with ground truth when known."""
+"""Replay: run any frame source through the Inspector and compare with ground truth when known.
+
+Frames that name their own golden (manifest rows, DeepPCB pairs) are judged against it through a
+:class:`~station.golden_switch.GoldenSwitch` (evaluation only; the live Inspector has one recipe).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any, TextIO
 from pipeline.base.frames import Frame
 from pipeline.inspector import InspectionResult, Inspector
 from pipeline.verdicts import Verdict
+from station.golden_switch import GoldenSwitch
 
 
 @dataclass
@@ -62,12 +67,15 @@ def truth_of(frame: Frame) -> tuple[str | None, list[str]]:
 
 def replay(
     source: Iterable[Frame],
-    inspector: Inspector,
+    inspector: Inspector | GoldenSwitch,
     *,
     on_part: Callable[[PartOutcome], None] | None = None,
     limit: int | None = None,
 ) -> Iterator[PartOutcome]:
-    """Inspect every frame of ``source`` (up to ``limit``), yielding outcomes as they come."""
+    """Inspect every frame of ``source`` (up to ``limit``), yielding outcomes as they come; an
+    Inspector is wrapped in a GoldenSwitch (frames with a ``golden`` of their own)."""
+    if isinstance(inspector, Inspector):
+        inspector = GoldenSwitch(inspector)
     for n, frame in enumerate(source):
         if limit is not None and n >= limit:
             break

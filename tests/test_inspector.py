@@ -71,6 +71,9 @@ def test_sixteen_bit_and_colour_frames(inspector: Inspector, line_spec: LineSpec
     assert grey.verdict in (Verdict.PASS, Verdict.DEFECT)  # judged, whatever the channel
 
 
-def test_policy_needs_vlm(synthetic_recipe: Recipe) -> None:
-    with pytest.raises(ValueError, match="needs a VLM"):
+def test_policy_must_name_a_judge_that_runs(synthetic_recipe: Recipe) -> None:
+    with pytest.raises(ValueError, match=r"unknown policy 'vlm'.*judge that runs \(metric\)"):
         Inspector(synthetic_recipe, policy="vlm")
+    with pytest.raises(ValueError, match="needs at least two judges"):
+        Inspector(synthetic_recipe, policy="both")
+    assert Inspector(synthetic_recipe, policy="metric").judge_names == ["metric"]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline.metric_judge import MetricJudge, fit_thresholds
+from pipeline.judges.metric import MetricJudge, fit_thresholds
 from pipeline.verdicts import Verdict
 
 
@@ -40,10 +40,10 @@ def test_fit_thresholds_errors() -> None:
 
 def test_judge_pass_and_defects_sorted() -> None:
     j = MetricJudge({"X:1, Y:U": 3.0, "X:2, Y:C": 3.0, "X:3, Y:D": 4.0})
-    ok = j.judge({"X:1, Y:U": 1.0, "X:2, Y:C": 3.0, "X:3, Y:D": 2.0})
+    ok = j.judge_scores({"X:1, Y:U": 1.0, "X:2, Y:C": 3.0, "X:3, Y:D": 2.0})
     assert ok.verdict is Verdict.PASS and ok.judge == "metric" and not ok.defects
     assert ok.details["max_score"] == 3.0
-    bad = j.judge({"X:1, Y:U": 5.0, "X:2, Y:C": 9.0, "X:3, Y:D": 4.0})
+    bad = j.judge_scores({"X:1, Y:U": 5.0, "X:2, Y:C": 9.0, "X:3, Y:D": 4.0})
     assert bad.verdict is Verdict.DEFECT
     assert [d.address for d in bad.defects] == ["X:2, Y:C", "X:1, Y:U"]
     d0 = bad.defects[0]
@@ -53,10 +53,10 @@ def test_judge_pass_and_defects_sorted() -> None:
 
 def test_judge_fail_safe_and_missing_threshold() -> None:
     j = MetricJudge({"X:1, Y:U": 3.0})
-    assert j.judge({"X:1, Y:U": math.nan}).verdict is Verdict.DEFECT
+    assert j.judge_scores({"X:1, Y:U": math.nan}).verdict is Verdict.DEFECT
     with pytest.raises(ValueError, match="no threshold"):
-        j.judge({"X:9, Y:U": 1.0})
-    assert MetricJudge({}, default=2.0).judge({"X:9, Y:U": 2.5}).verdict is Verdict.DEFECT
+        j.judge_scores({"X:9, Y:U": 1.0})
+    assert MetricJudge({}, default=2.0).judge_scores({"X:9, Y:U": 2.5}).verdict is Verdict.DEFECT
     with pytest.raises(ValueError):
         MetricJudge({"X:1, Y:U": -1.0})
     with pytest.raises(ValueError):

@@ -1,14 +1,19 @@
-"""Metric judge (DESIGN §5.1) and per-cell thresholds from good frames' cell scores."""
+"""The ``metric`` judge (DESIGN §5.1) and per-cell thresholds from good frames' cell scores."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.grid import parse_address
+from pipeline.judges.base import JudgeContext, register_judge
 from pipeline.verdicts import Defect, JudgeResult, Verdict
+
+if TYPE_CHECKING:
+    from pipeline.recipe import Recipe
 
 
 def fit_thresholds(
@@ -59,6 +64,8 @@ class MetricJudge:
     ``default`` (``ValueError`` at judging time when there is none: a recipe mismatch).
     """
 
+    name = "metric"
+
     def __init__(self, thresholds: Mapping[str, float], *, default: float | None = None) -> None:
         """``thresholds``: address → threshold on the cell score (D units)."""
         self.thresholds: dict[str, float] = {}
@@ -70,7 +77,14 @@ class MetricJudge:
             self.thresholds[a] = t
         self.default = default
 
-    def judge(self, cell_scores: Mapping[str, float]) -> JudgeResult:
+    def judge(self, ctx: JudgeContext) -> JudgeResult:
+        """Verdict for the part of ``ctx`` from its cell scores; ``details`` adds the alignment
+        score."""
+        result = self.judge_scores(ctx.cell_scores)
+        result.details["align_score"] = round(float(ctx.align_score), 4)
+        return result
+
+    def judge_scores(self, cell_scores: Mapping[str, float]) -> JudgeResult:
         """Verdict for one part from its cell scores (``judge="metric"``)."""
         defects: list[Defect] = []
         for a, s in cell_scores.items():
@@ -93,3 +107,9 @@ class MetricJudge:
         }
         verdict = Verdict.DEFECT if defects else Verdict.PASS
         return JudgeResult(judge="metric", verdict=verdict, defects=defects, details=details)
+
+
+@register_judge("metric")
+def metric_judge(recipe: Recipe, **_deps: Any) -> MetricJudge:
+    """The metric judge with the recipe's per-cell thresholds."""
+    return MetricJudge(recipe.settings.thresholds)
