@@ -274,8 +274,12 @@ class EventSubscriber:
 
     def expect(self, part_id: str) -> ResultWaiter:
         """Register interest in the first result for ``part_id`` delivered from now on (call it
-        *before* triggering); resolved as the subscriber delivers it, or failed on ``down``."""
+        *before* triggering); resolved as the subscriber delivers it, or failed while the
+        station is down (bridge rule 2: reject every part until heartbeats resume)."""
         w = ResultWaiter(part_id)
+        if self.down:
+            w._resolve(None, "station down")
+            return w
         with self._lock:
             self._waiters.setdefault(part_id, []).append(w)
         return w
