@@ -1,4 +1,7 @@
-"""Event-path benchmarks, and the client tools they (and the daemon tests) use.
+"""Event-path benchmarks, and the station-process helpers they (and the daemon tests) use.
+
+The client side is the event client library (:mod:`station.client`); :class:`StationClient`
+only adds the raw wire access tests need.
 
 * :func:`bench_pubsub` — publish → receive latency on loopback: an :class:`EventPublisher` with a
   real fsync'd journal in this process, a subscriber in another process.  Two figures per event:
@@ -31,6 +34,7 @@ from typing import Any
 import zmq
 
 from pipeline.base.stats import percentile
+from station.client import CatchupClient, EventSubscriber, TriggerClient
 from station.events import EventPublisher, decode
 from station.journal import Journal
 from station.servers import make_pub
@@ -216,7 +220,9 @@ class StationProcess:
 
 
 class StationClient:
-    """A bridge-like client: SUB on the PUB endpoint, DEALER requests to trigger/catch-up."""
+    """A bridge-like test probe: the raw SUB socket (tests look at the wire as it is), the event
+    client library for trigger, status and catch-up, and raw DEALER frames for hostile requests.
+    """
 
     def __init__(self, endpoints: dict[str, Any], *, subscribe: bool = True,
                  context: zmq.Context | None = None) -> None:
@@ -230,6 +236,7 @@ class StationClient:
             self.sub.setsockopt(zmq.SUBSCRIBE, b"insp.")
             self.sub.connect(endpoints["pub"])
         self._req: dict[str, zmq.Socket] = {}
+        self._trigger: TriggerClient | None = None
 
     def close(self) -> None:
         """Close every socket."""
@@ -238,6 +245,8 @@ class StationClient:
         for s in self._req.values():
             s.close(0)
         self._req.clear()
+        if self._trigger is not None:
+            self._trigger.close()
 
     def __enter__(self) -> StationClient:
         return self
@@ -259,39 +268,37 @@ class StationClient:
         self._sock(which).send_multipart([b"", *frames])
 
     def reply(self, which: str, timeout: float = 5.0) -> dict[str, Any]:
-        """The next reply on ``which``; TimeoutError if none."""
+        """The next reply to :meth:`send` on ``which``; TimeoutError if none."""
         s = self._sock(which)
         if not s.poll(timeout * 1000):
             raise TimeoutError(f"no reply on {which} within {timeout} s")
         return json.loads(s.recv_multipart()[-1])
 
     def request(self, which: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-        """One JSON request/reply on ``trigger`` or ``catchup``."""
+        """One raw JSON request/reply on ``trigger`` or ``catchup``."""
         self.send(which, [json.dumps(body).encode()])
         return self.reply(which, timeout)
 
+    def _triggers(self) -> TriggerClient:
+        if self._trigger is None:
+            self._trigger = TriggerClient(self.endpoints["trigger"], retries=0,
+                                          context=self.ctx)
+        return self._trigger
+
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
         """``{"cmd": "status"}`` on the trigger socket."""
-        return self.request("trigger", {"cmd": "status"}, timeout)
+        return self._triggers().status(timeout=timeout)
 
     def trigger(self, part_id: str, timeout: float = 5.0) -> dict[str, Any]:
-        """One trigger; returns the ack."""
-        return self.request("trigger", {"cmd": "trigger", "part_id": part_id}, timeout)
+        """One trigger (no retry); returns the station's reply as it is."""
+        return self._triggers().trigger(part_id, timeout=timeout).reply
 
     def catchup(self, since: int, timeout: float = 5.0, max_batches: int = 1000
                 ) -> list[tuple[str, dict[str, Any]]]:
         """Every journaled event after ``since`` (following ``more``)."""
-        out: list[tuple[str, dict[str, Any]]] = []
-        for _ in range(max_batches):
-            r = self.request("catchup", {"since": since}, timeout)
-            if not r.get("ok"):
-                raise RuntimeError(f"catch-up refused: {r}")
-            for item in r["events"]:
-                out.append((item["topic"], item["event"]))
-                since = item["event"]["seq"]
-            if not r["more"] or not r["events"]:
-                break
-        return out
+        with CatchupClient(self.endpoints["catchup"], timeout=timeout, retries=0,
+                           max_batches=max_batches, context=self.ctx) as c:
+            return list(c.fetch(since))
 
     def recv(self, timeout: float = 5.0) -> tuple[str, dict[str, Any]] | None:
         """The next PUB message (topic, event) or None after ``timeout``."""
@@ -346,30 +353,27 @@ def synthetic_station(workdir: str | Path, *, recipe: str | Path | None = None,
 
 # ------------------------------------------------------------------------------ benchmarks
 _SUBSCRIBER = textwrap.dedent("""
-    import json, sys, time, zmq
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.SUB)
-    s.setsockopt(zmq.RCVHWM, 0)
-    s.setsockopt(zmq.SUBSCRIBE, b"insp.")
-    s.connect(sys.argv[1])
+    import json, sys, time
+    from station.client import Event, EventSubscriber
+    sub = EventSubscriber(sys.argv[1], topics=("insp.result.",), down_after=3600)
     n = int(sys.argv[2])
     got = {}
     print("ready", flush=True)
-    while len(got) < n:
-        if not s.poll(10000):
-            break
-        topic, body = s.recv_multipart()
-        t = time.monotonic_ns()
-        if topic == b"insp.heartbeat":
-            continue
-        got[json.loads(body)["seq"]] = t
+    idle_until = time.monotonic() + 10
+    while len(got) < n and time.monotonic() < idle_until:
+        for item in sub.poll(0.5):
+            if isinstance(item, Event) and item.seq is not None:
+                got[item.seq] = time.monotonic_ns()
+                idle_until = time.monotonic() + 10
+    sub.close()
     print(json.dumps(got), flush=True)
 """)
 
 
 def bench_pubsub(n: int = 5000, *, rate_hz: float = 1000.0, fsync: bool = True,
                  state_dir: str | Path | None = None) -> dict[str, Any]:
-    """Publish → receive latency on loopback TCP (subscriber in a separate process).
+    """Publish → delivery latency on loopback TCP: the subscriber is the event client library's
+    :class:`~station.client.EventSubscriber` in a separate process.
 
     Events are result-sized (about 1 KB with defects and judges) and paced at ``rate_hz`` so the
     figure is latency, not queueing.  Returns ``{"publish": {...}, "wire": {...}, ...}`` with
@@ -442,16 +446,19 @@ def bench_trigger(n: int = 200, *, workdir: str | Path | None = None, warmup: in
 
     The camera is LiveCamera playing pre-rendered synthetic parts at ``fps`` (the station waits
     for the first frame grabbed after the trigger, as with a real camera: up to one frame
-    period).  One trigger at a time (a PLC with one part in the station): DEALER send → result
-    on SUB.  Also reports the station's own breakdown (queue, grab, pipeline total) and the
-    latency without the frame wait.
+    period).  One trigger at a time (a PLC with one part in the station), through the event
+    client library: ``TriggerClient.trigger_and_wait`` (trigger → result delivered).  Also
+    reports the station's own breakdown (queue, grab, pipeline total) and the latency without
+    the frame wait.
     """
     tmp = tempfile.TemporaryDirectory() if workdir is None else None
     folder = Path(tmp.name if tmp else workdir)  # type: ignore[arg-type]
     try:
         with synthetic_station(folder, camera="frames", fps=fps, size=size) as st, \
-                StationClient(st.endpoints) as c:
-            c.wait_live()
+                EventSubscriber(st.endpoints["pub"], topics=("insp.result.",)) as sub, \
+                TriggerClient(st.endpoints["trigger"], timeout=5.0, retries=0) as tc:
+            if not sub.wait_connected(10.0):
+                raise RuntimeError("no heartbeat from the station")
             lat: list[float] = []
             no_wait: list[float] = []
             parts: dict[str, list[float]] = {"queue": [], "grab": [], "total": []}
@@ -459,20 +466,19 @@ def bench_trigger(n: int = 200, *, workdir: str | Path | None = None, warmup: in
             for i in range(n + warmup):
                 pid = f"bench-{i:05d}"
                 t0 = time.monotonic_ns()
-                ack = c.trigger(pid)
-                if not ack.get("ok"):
-                    raise RuntimeError(f"trigger refused: {ack}")
-                res = c.results(1, 10.0)
+                out = tc.trigger_and_wait(pid, 10.0, sub)
                 t1 = time.monotonic_ns()
-                if not res or res[0]["part_id"] != pid:
-                    raise RuntimeError(f"no result for {pid}")
+                if out.event is None:
+                    raise RuntimeError(f"no result for {pid}: {out.why}")
+                sub.poll(0.0)  # drop what the wait met on the way
                 if i < warmup:
                     continue
+                res = out.event
                 lat.append((t1 - t0) / 1e6)
-                no_wait.append(lat[-1] - float(res[0]["timings_ms"].get("grab") or 0.0))
-                verdicts[res[0]["verdict"]] = verdicts.get(res[0]["verdict"], 0) + 1
+                no_wait.append(lat[-1] - float(res["timings_ms"].get("grab") or 0.0))
+                verdicts[res["verdict"]] = verdicts.get(res["verdict"], 0) + 1
                 for k in parts:
-                    v = res[0]["timings_ms"].get(k)
+                    v = res["timings_ms"].get(k)
                     if isinstance(v, (int, float)):
                         parts[k].append(float(v))
             st.signal(signal.SIGTERM)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from station.client.keys import CurveKeys
 
 ALL_TOPICS = ("insp.",)
+BACKLOG_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,9 @@ class EventSubscriber:
         self._t0 = time.monotonic()
         self._last_hb: float | None = None
         self._connected = threading.Event()
-        self._backlog: deque[Item] = deque()
+        # items met while waiting (wait_connected, wait_result) for the next poll; bounded so a
+        # client that only calls trigger_and_wait does not grow without end
+        self._backlog: deque[Item] = deque(maxlen=BACKLOG_MAX)
         self._waiters: dict[str, list[ResultWaiter]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -201,7 +204,7 @@ class EventSubscriber:
     def wait_connected(self, timeout: float = 10.0) -> bool:
         """Block until the first heartbeat (ZeroMQ drops messages until the subscription has
         reached the station: trigger only after this).  Items met on the way stay queued for
-        the next :meth:`poll`.  False after ``timeout``."""
+        the next :meth:`poll` (the newest :data:`BACKLOG_MAX`).  False after ``timeout``."""
         deadline = time.monotonic() + timeout
         while not self._connected.is_set():
             left = deadline - time.monotonic()
@@ -295,7 +298,8 @@ class EventSubscriber:
 
     def wait_result(self, waiter: ResultWaiter, timeout: float) -> Event | None:
         """Wait for ``waiter``; drives the subscriber itself unless a thread of :meth:`start`
-        does (items met on the way stay queued for the next :meth:`poll`)."""
+        does (items met on the way stay queued for the next :meth:`poll`, the newest
+        :data:`BACKLOG_MAX`)."""
         deadline = time.monotonic() + max(0.0, timeout)
         while not waiter.done:
             left = deadline - time.monotonic()
