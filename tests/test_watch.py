@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -12,59 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-import zmq
+from test_client import MiniStation  # the daemon's own event parts, no camera
 
 from pipeline.base.stats import percentile
 from station.bench_events import StationProcess, synthetic_recipe, write_config, write_part_frames
-from station.events import EventPublisher
-from station.journal import Journal
-from station.servers import RequestServer, make_pub, make_router
 from station.watch import Watcher, derive_catchup
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class MiniStation:
-    """A journal, a PUB socket and a catch-up ROUTER (the daemon's own parts, no camera):
-    enough to feed a watcher exactly the stream a test needs, including a gap."""
-
-    def __init__(self, folder: Path) -> None:
-        self.ctx = zmq.Context()
-        self.pub_sock, self.pub_ep = make_pub(self.ctx, "tcp://127.0.0.1:0")
-        router, self.catchup_ep = make_router(self.ctx, "tcp://127.0.0.1:0", "catchup")
-        self.journal = Journal(folder)
-        self.live = True
-        self.publisher = EventPublisher(self.journal, station="mini", boot="boot-1",
-                                        send=self._send)
-
-        def catchup(req: dict) -> bytes:
-            from station.events import catchup_reply
-
-            entries, more = self.journal.since(int(req["since"]), 500)
-            return catchup_reply(entries, seq=self.journal.last_seq, more=more,
-                                 oldest=self.journal.oldest_seq)
-
-        self.server = RequestServer({router: catchup}, tick=self._beat, tick_s=0.1)
-        self.server.start()
-
-    def _send(self, frames: list[bytes]) -> None:
-        if self.live:
-            self.pub_sock.send_multipart(frames)
-
-    def _beat(self) -> None:
-        self.publisher.publish_heartbeat({"state": "ready",
-                                          "endpoints": {"catchup": self.catchup_ep}})
-
-    def result(self, part_id: str, verdict: str = "pass", **kw: object) -> None:
-        self.publisher.publish_result({"part_id": part_id, "verdict": verdict,
-                                       "timings_ms": {"total": 12.0, "queue": 0.5,
-                                                      "grab": 1.5}, **kw})
-
-    def close(self) -> None:
-        self.server.stop()
-        self.pub_sock.close(0)
-        self.journal.close()
-        self.ctx.term()
 
 
 def test_helpers() -> None:
@@ -198,6 +153,40 @@ def test_watch_reports_station_death_within_3_s(tmp_path: Path) -> None:
     assert "\x1b[" not in "".join(x for _, x in lines)  # a pipe is not a terminal
 
 
+def test_json_lines_on_stdout_people_on_stderr_and_full_part_ids(tmp_path: Path) -> None:
+    st = MiniStation(tmp_path / "journal")
+    long_id = "LINE1-2026-12-01T20:15:03.123Z-tray-0042-slot-17-" + "x" * 40
+    out, err = io.StringIO(), io.StringIO()
+    stop = threading.Event()
+    jw = Watcher(st.pub_ep, out=out, err=err, color=False, json_lines=True)
+    hw_out = io.StringIO()
+    hw = Watcher(st.pub_ep, out=hw_out, color=False)
+    threads = [threading.Thread(target=w.run, kwargs={"stop": stop}, daemon=True)
+               for w in (jw, hw)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        while not ("connected" in err.getvalue() and "connected" in hw_out.getvalue()):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        st.result(long_id, "defect", defects=[{"address": "X:9, Y:D"}])
+        while long_id not in hw_out.getvalue() or long_id not in out.getvalue():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        st.close()
+    objs = [json.loads(line) for line in out.getvalue().splitlines()]  # JSON only, each line
+    assert {o["topic"] for o in objs} >= {"insp.heartbeat", "insp.result.defect"}
+    assert any(o["event"].get("part_id") == long_id for o in objs)
+    assert "connected to mini" in err.getvalue() and "watch summary" in err.getvalue()
+    line = next(x for x in hw_out.getvalue().splitlines() if long_id in x)
+    assert line.endswith(f"{long_id}  X:9, Y:D") and "DEFECT" in line  # never cut
+
+
 @pytest.mark.parametrize("args", [["--count", "0"], ["--duration", "0.3"]])
 def test_watch_ends_on_count_or_duration_with_a_summary(args: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -205,3 +194,15 @@ def test_watch_ends_on_count_or_duration_with_a_summary(args: list[str]) -> None
                            "tcp://127.0.0.1:9", *args], capture_output=True, text=True,
                           timeout=30, env=env)
     assert proc.returncode == 0 and "watch summary: " in proc.stdout
+
+
+def test_watch_json_keeps_stdout_for_json_and_key_files_are_checked(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "station.cli", "watch", "tcp://127.0.0.1:9"]
+    proc = subprocess.run([*cmd, "--json", "--duration", "0.3"], capture_output=True,
+                          text=True, timeout=30, env=env)
+    assert proc.returncode == 0 and proc.stdout == "" and "watch summary: " in proc.stderr
+    proc = subprocess.run([*cmd, "--client-key", str(tmp_path / "none.key_secret"),
+                           "--server-key", str(tmp_path / "st.key")], capture_output=True,
+                          text=True, timeout=30, env=env)
+    assert proc.returncode == 78 and "none.key_secret: no such key file" in proc.stderr
