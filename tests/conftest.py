@@ -10,9 +10,6 @@ from camera.synth import LineSpec, write_line
 from pipeline.recipe import Recipe
 from station.demo.line import build_demo_recipe
 
-REPO = Path(__file__).resolve().parents[1]
-DEEPPCB = REPO.parent / "shared" / "data" / "deeppcb"
-
 
 @pytest.fixture(scope="session")
 def line_spec() -> LineSpec:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
+from support.deeppcb import DEEPPCB
 
 from camera.synth.chart import pin_chart
 from pipeline.align import Aligner, Alignment
 
 W, H = 640, 512
 TOL_PX = 0.5  # accuracy target at full resolution
-DEEPPCB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "deeppcb"
 
 
 def make_other_pattern(w: int = W, h: int = H) -> np.ndarray:

@@ -10,13 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from support.cli import station
 
 from pipeline.recipe import Recipe
-
-
-def station(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "station.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def test_golden_build_then_replay_with_report(tmp_path: Path, synthetic_line: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from support.deeppcb import DEEPPCB
 
 from camera.deeppcb import DeepPcbSource, parse_boxes
 from camera.replay import (
@@ -21,8 +22,6 @@ from camera.replay import (
     open_replay_source,
     read_image,
 )
-
-DEEPPCB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "deeppcb"
 
 
 def _png(path: Path, img: np.ndarray) -> Path:

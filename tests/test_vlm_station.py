@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.cli import station
 
 from pipeline.base.errors import EXIT_CONFIG
 from pipeline.recipe import Recipe
 
 pytest.importorskip("bitsandbytes", reason="the VLM extra is installed by tests/run.sh")
-
-
-def station(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "station.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
