@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The test command of the README: installs what the tests need (ffmpeg for the live-stream tests,
+# Aravis and its fake GigE Vision camera for the GenICam tests,
 # a venv with the pinned CPU stack incl. torch + transformers + bitsandbytes for the 4-bit VLM
 # tests), checks style, runs the whole suite.  Idempotent; safe to run again.
 set -euo pipefail
@@ -12,10 +13,30 @@ if ! command -v ffmpeg >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null
 fi
 
+# Aravis for the GenICam tests: its fake GigE Vision camera (aravis-tools), the introspection
+# data PyGObject loads (gir1.2-aravis-0.8), and what the genicam extra needs to build PyGObject.
+aravis_pkgs=(gir1.2-aravis-0.8 aravis-tools libgirepository1.0-dev libcairo2-dev pkg-config)
+missing=()
+for pkg in "${aravis_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]} (Debian packages) for the GenICam camera tests"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  for try in 1 2 3 4 5 6; do  # another process may hold the dpkg lock for a minute
+    if $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}" >/dev/null; then
+      break
+    fi
+    [ "$try" = 6 ] && { echo "apt-get install ${missing[*]} failed" >&2; exit 1; }
+    sleep 15
+  done
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 echo "== installing the package with its pinned test dependencies"
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[vlm,test]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[vlm,test,genicam]'
 
 echo "== ruff"
 .venv/bin/ruff check .
