@@ -26,17 +26,19 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from camera.registry import Reconnect, SourceOptions, register_source
+from camera.source import HealthCallback
 from pipeline.base.frames import Frame
 
 log = logging.getLogger(__name__)
-
-HealthCallback = Callable[[bool, str], None]
 
 _STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt", "rtp")
 _URL_CREDENTIALS = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@:]*):([^/@]*)@")
@@ -72,7 +74,8 @@ def classify_source(source: int | str) -> tuple[str, int | str]:
 
 
 class LiveCamera:
-    """OpenCV camera / stream / file with a newest-frame reader thread (the LiveSource protocol).
+    """OpenCV camera / stream / file with a newest-frame reader thread
+    (:class:`camera.source.LiveSource`).
 
     Args:
         source: device index, ``/dev/videoN``, stream URL, video file or image-sequence pattern.
@@ -204,10 +207,21 @@ class LiveCamera:
         return Frame(image=None, seq=seq, ts=time.time(), source_id=self.source_id,
                      error=f"camera_down: {reason}")
 
+    def set_health_callback(self, callback: HealthCallback | None) -> None:
+        """Call ``callback(up, reason)`` on every later health transition (replaces
+        ``on_health``); set it before :meth:`start` to see the first transition."""
+        with self._health_lock:
+            self.on_health = callback
+
     @property
-    def healthy(self) -> bool:
+    def is_up(self) -> bool:
         """True while frames flow (up), False before the first frame and while down."""
         return bool(self._up)
+
+    @property
+    def healthy(self) -> bool:
+        """Same as :attr:`is_up` (older name)."""
+        return self.is_up
 
     @property
     def reason(self) -> str:
@@ -219,7 +233,7 @@ class LiveCamera:
         """Counters for heartbeats and diagnostics (frames, opens, reconnects, failures, …)."""
         with self._stats_lock:
             out = dict(self._stats)
-        out["healthy"] = self.healthy
+        out["healthy"] = self.is_up
         out["reason"] = self._reason
         out["last_seq"] = self._grab_seq
         out["last_frame_age_s"] = (
@@ -252,7 +266,7 @@ class LiveCamera:
         self.close()
 
     def __repr__(self) -> str:
-        return f"LiveCamera({self.source_id!r}, healthy={self.healthy})"
+        return f"LiveCamera({self.source_id!r}, up={self.is_up})"
 
     # ------------------------------------------------------------------ health
     def _set_health(self, up: bool, reason: str) -> None:
@@ -478,3 +492,38 @@ class LiveCamera:
             self._last_frame_mono = time.monotonic()
             self._cond.notify_all()
         self._count("frames")
+
+
+# ------------------------------------------------------------------ camera type "opencv"
+@dataclass(frozen=True)
+class OpenCvOptions(SourceOptions):
+    """``camera: {type: opencv, …}``: a device index / ``/dev/videoN``, a stream URL, a video
+    file or an image-sequence pattern (see :class:`LiveCamera`)."""
+
+    source: int | str = 0
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    fourcc: str | None = None
+    exposure: float | None = None
+    props: dict[str, float] = field(default_factory=dict)
+    reconnect: Reconnect = field(default_factory=Reconnect)
+    loop: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.fourcc is not None and len(self.fourcc) != 4:
+            raise ValueError(f"fourcc must be 4 characters, got {self.fourcc!r}")
+        if isinstance(self.source, str) and not self.source.strip():
+            raise ValueError("source must not be empty")
+
+
+@register_source("opencv", options=OpenCvOptions)
+def open_opencv(options: OpenCvOptions, base_dir: Path) -> LiveCamera:
+    """A :class:`LiveCamera` from its options (``base_dir`` unused: a relative file path is taken
+    relative to the working directory, as before the registry)."""
+    o = options
+    return LiveCamera(o.source, width=o.width, height=o.height, fps=o.fps, fourcc=o.fourcc,
+                      exposure=o.exposure, props=o.props, open_timeout=o.open_timeout_s,
+                      read_timeout=o.read_timeout_s, reconnect_initial=o.reconnect.initial_s,
+                      reconnect_max=o.reconnect.max_s, loop=o.loop)

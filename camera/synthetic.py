@@ -7,9 +7,12 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from camera.registry import SourceOptions, register_source
 from camera.synth import DEFECT_MODES, LineSpec, make_part, render_golden, sample_defects
 from pipeline.base.frames import Frame
 
@@ -17,7 +20,7 @@ __all__ = ["LineSpec", "SyntheticCamera"]
 
 
 class SyntheticCamera:
-    """A live source (camera.live's LiveSource protocol) that renders a fresh part per read.
+    """A live source (:class:`camera.source.LiveSource`) that renders a fresh part per read.
 
     Each ``read_latest`` returns a new part: good with probability ``p_good``, otherwise one
     (sometimes two) random defects.  ``meta`` carries the truth: ``label``, ``defects``
@@ -56,9 +59,27 @@ class SyntheticCamera:
         self._notify(True, "synthetic camera started")
 
     @property
-    def healthy(self) -> bool:
+    def is_up(self) -> bool:
         """True while started, not closed and not in a simulated outage."""
         return self._started and not self._closed and self._available
+
+    @property
+    def healthy(self) -> bool:
+        """Same as :attr:`is_up` (older name)."""
+        return self.is_up
+
+    @property
+    def reason(self) -> str:
+        """Why the camera is down, or that it is up."""
+        if self._closed:
+            return "synthetic camera closed"
+        if not self._started:
+            return "synthetic camera not started"
+        return self._down_reason or "synthetic camera started"
+
+    def set_health_callback(self, callback: Callable[[bool, str], None] | None) -> None:
+        """Call ``callback(up, reason)`` on every later health transition."""
+        self._on_health = callback
 
     @property
     def golden(self) -> np.ndarray:
@@ -75,9 +96,11 @@ class SyntheticCamera:
         if changed:
             self._notify(up, "synthetic camera back" if up else reason)
 
-    def read_latest(self, timeout: float) -> Frame:
+    def read_latest(self, timeout: float, *, after_ts: float | None = None) -> Frame:
         """A freshly rendered part (seq 1, 2, …), or ``Frame(image=None, error="camera_down: …")``
-        carrying the seq of the last returned frame (as camera.live.LiveCamera does)."""
+        carrying the seq of the last returned frame (as camera.live.LiveCamera does).
+
+        Parts are rendered when read, so every frame is captured after ``after_ts``."""
         if not self._started or self._closed:
             return Frame(image=None, seq=self._seq, source_id=self.source_id,
                          error="camera_down: synthetic camera not started")
@@ -117,3 +140,29 @@ class SyntheticCamera:
         if self._on_health is not None:
             with contextlib.suppress(Exception):  # a faulty callback must not kill the camera
                 self._on_health(up, reason)
+
+
+# ------------------------------------------------------------------ camera type "synthetic"
+@dataclass(frozen=True)
+class SyntheticOptions(SourceOptions):
+    """``camera: {type: synthetic, …}``: the synthetic pin line (the demo's camera)."""
+
+    width: int = 640
+    height: int = 480
+    seed: int = 0
+    p_good: float = 0.8
+    fps: float | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.p_good <= 1.0:
+            raise ValueError("p_good must be in [0, 1]")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError("fps must be > 0")
+
+
+@register_source("synthetic", options=SyntheticOptions)
+def open_synthetic(options: SyntheticOptions, base_dir: Path) -> SyntheticCamera:
+    """A :class:`SyntheticCamera` rendering ``width``×``height`` parts."""
+    return SyntheticCamera(LineSpec(size=(options.width, options.height)), seed=options.seed,
+                           p_good=options.p_good, fps=options.fps)

@@ -16,6 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config (ConfigError → exit 78) and serve until SIGTERM (exit 0)."""
-    from station.daemon import serve  # deferred: keeps `station --help` light
+    from station.build import serve  # deferred: keeps `station --help` light
 
     return serve(load_config(args.config))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from camera.registry import SourceOptions, parse_camera, source_type
 from pipeline.base.errors import ConfigError
 from pipeline.base.yamlconf import YamlDoc, build_dataclass, load_yaml
 
@@ -19,35 +20,39 @@ class StationSection:
     cache_dir: str = "./cache"
 
 
-@dataclass(frozen=True)
-class Reconnect:
-    """Camera reconnect back-off."""
-
-    initial_s: float = 0.5
-    max_s: float = 10.0
-
-    def validate(self) -> None:
-        if not 0 < self.initial_s <= self.max_s:
-            raise ValueError("need 0 < initial_s <= max_s")
+def _default_camera_options() -> SourceOptions:
+    return source_type("opencv").options()
 
 
 @dataclass(frozen=True)
 class CameraSection:
-    """Where frames come from (see camera.live.LiveCamera)."""
+    """Where frames come from: a camera type of :mod:`camera.registry` chosen by ``type:``
+    (``opencv``, ``files``, ``synthetic``, …) and that type's typed options, e.g.
+    ``camera: {type: files, source: frames/, fps: 10, loop: true}``.
 
-    source: int | str = 0
-    width: int | None = None
-    height: int | None = None
-    fps: float | None = None
-    fourcc: str | None = None
-    open_timeout_s: float = 5.0
-    read_timeout_s: float = 2.0
-    reconnect: Reconnect = field(default_factory=Reconnect)
-    loop: bool = False
+    A section without ``type:`` keeps the layout of configs written before the registry (the
+    ``opencv`` keys): ``source: synthetic`` selects the synthetic camera, anything else OpenCV.
+    """
 
-    def validate(self) -> None:
-        if self.open_timeout_s <= 0 or self.read_timeout_s <= 0:
-            raise ValueError("timeouts must be > 0")
+    type: str = "opencv"
+    options: SourceOptions = field(default_factory=_default_camera_options)
+    where: str = ""  # file:line of the section, for errors when the camera is created
+
+    @property
+    def open_timeout_s(self) -> float:
+        """Time the camera has to deliver a first frame at start-up."""
+        return self.options.open_timeout_s
+
+    @property
+    def read_timeout_s(self) -> float:
+        """How long a trigger waits for a frame captured after it."""
+        return self.options.read_timeout_s
+
+    @classmethod
+    def from_yaml(cls, data: Any, doc: YamlDoc) -> CameraSection:
+        """The ``camera:`` mapping of ``doc``, validated by its type's options (file:line)."""
+        kind, options = parse_camera(data, doc, ("camera",))
+        return cls(type=kind, options=options, where=doc.where(("camera",)))
 
 
 @dataclass(frozen=True)
@@ -141,8 +146,9 @@ def load_config(path: str | Path) -> StationConfig:
         raise ConfigError("the station config must be a mapping", str(doc.path))
     if "path" in data:
         raise ConfigError("unknown key 'path'", doc.where(("path",)))
-    cfg = build_dataclass(StationConfig, data, doc)
-    cfg = StationConfig(**{**cfg.__dict__, "path": str(Path(path).resolve())})
+    cfg = build_dataclass(StationConfig, {k: v for k, v in data.items() if k != "camera"}, doc)
+    camera = CameraSection.from_yaml(data["camera"], doc) if "camera" in data else cfg.camera
+    cfg = StationConfig(**{**cfg.__dict__, "camera": camera, "path": str(Path(path).resolve())})
     recipe_dir = cfg.resolve(cfg.recipe)
     if not (recipe_dir / "recipe.yaml").is_file():
         raise ConfigError(f"recipe folder {recipe_dir} has no recipe.yaml", doc.where(("recipe",)))

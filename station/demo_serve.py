@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from camera.synthetic import LineSpec, SyntheticCamera
+from camera.synthetic import LineSpec, SyntheticOptions
 from pipeline.inspector import Inspector
 from pipeline.recipe import Recipe
 from station.config import (
@@ -18,21 +18,33 @@ from station.config import (
     load_config,
 )
 
+if TYPE_CHECKING:
+    from station.daemon import StationDaemon
 
-def demo_config(args: argparse.Namespace, recipe: Recipe) -> StationConfig:
+
+def demo_camera(args: argparse.Namespace, spec: LineSpec) -> CameraSection:
+    """The synthetic line's camera: parts of ``spec``, 80 % good, seeded by ``--seed``."""
+    width, height = spec.size
+    return CameraSection(type="synthetic", options=SyntheticOptions(
+        width=width, height=height, seed=args.seed, p_good=0.8))
+
+
+def demo_config(args: argparse.Namespace, recipe: Recipe, spec: LineSpec) -> StationConfig:
     """The demo station's configuration: trigger mode on the default endpoints, state in
-    ``--state`` (journal and ``seq`` survive restarts there), or the user's ``--config``."""
+    ``--state`` (journal and ``seq`` survive restarts there), or the user's ``--config``; the
+    camera is always the synthetic line."""
     assert recipe.folder is not None
     state = Path(args.state).resolve() if args.state else recipe.folder.parent / "state"
+    camera = demo_camera(args, spec)
     if args.config:
         cfg = load_config(args.config)
-        return replace(cfg, recipe=str(recipe.folder), camera=CameraSection(source="synthetic"))
+        return replace(cfg, recipe=str(recipe.folder), camera=camera)
     return StationConfig(
         recipe=str(recipe.folder),
         station=StationSection(id="demo-line", state_dir=str(state),
                                cache_dir=str(state / "cache")),
         mode="trigger",
-        camera=CameraSection(source="synthetic"),
+        camera=camera,
         recording=RecordingSection(enabled=True, dir=str(state / "recordings"), max_bytes=2e8),
         policy=args.policy,
         path=str(state / "demo-station.yaml"),
@@ -42,13 +54,12 @@ def demo_config(args: argparse.Namespace, recipe: Recipe) -> StationConfig:
 def serve_demo(args: argparse.Namespace, recipe: Recipe, inspector: Inspector,
                spec: LineSpec) -> int:
     """Run until SIGTERM/SIGINT; every trigger shows the camera a random synthetic part."""
-    from station.daemon import serve
+    from station.build import serve
 
-    cfg = demo_config(args, recipe)
+    cfg = demo_config(args, recipe, spec)
     Path(cfg.station.state_dir).mkdir(parents=True, exist_ok=True)
-    camera = SyntheticCamera(spec, seed=args.seed, p_good=0.8)
 
-    def ready(daemon: Any) -> None:
+    def ready(daemon: StationDaemon) -> None:
         e = cfg.events
         print(f"demo station ready: results on {e.pub}, triggers on {e.trigger}, catch-up on "
               f"{e.catchup}; state in {cfg.station.state_dir}\n"
@@ -57,4 +68,5 @@ def serve_demo(args: argparse.Namespace, recipe: Recipe, inspector: Inspector,
               f"{e.trigger.replace('*', '127.0.0.1')} (ZeroMQ DEALER/REQ)\n"
               f"  stop:        Ctrl-C", flush=True)
 
-    return serve(cfg, inspector=inspector, camera=camera, on_ready=ready)
+    # the inspector is the one the demo has just built (recipe + --vlm/--policy of this run)
+    return serve(cfg, inspector=inspector, on_ready=ready)

@@ -31,8 +31,9 @@ from station.bench_events import (
     write_config,
     write_part_frames,
 )
+from station.build import build_daemon, serve
 from station.config import load_config
-from station.daemon import StationDaemon, serve
+from station.daemon import StationDaemon
 from station.journal import decode_line
 from station.notify import Notifier
 
@@ -121,7 +122,9 @@ def test_kill_9_and_restart_reuse_no_seq_and_catch_up_returns_what_was_missed(
             deadline = time.monotonic() + 1.0
             i = 0
             while time.monotonic() < deadline:
-                assert c.trigger(f"b-{i:03d}")["ok"]
+                # on a loaded machine the 16-deep queue may fill: "busy" is the station's answer
+                ack = c.trigger(f"b-{i:03d}")
+                assert ack["ok"] or ack["error"] == "busy", ack
                 i += 1
                 time.sleep(0.02)
             st.signal(signal.SIGKILL)
@@ -279,12 +282,14 @@ def test_free_run_generates_part_ids_and_refuses_triggers(
         assert st.wait(20) == 0
 
 
-def test_bad_recipe_exits_78_after_announcing_stopping(tmp_path: Path, frames: str) -> None:
-    """The config passes, the recipe folder does not load: exit 78 (systemd does not restart),
-    and subscribers were told: ``starting`` then ``stopping`` with the reason, both journaled."""
+def test_bad_recipe_exits_78_after_announcing_stopping(tmp_path: Path, recipe: Path,
+                                                      frames: str) -> None:
+    """The config passes, the recipe folder does not load (its golden image is gone): exit 78
+    (systemd does not restart), and subscribers were told: ``starting`` then ``stopping`` with
+    the reason, both journaled."""
     bad = tmp_path / "recipe"
-    bad.mkdir()
-    (bad / "recipe.yaml").write_text("name: broken\ngrid: [not, a, grid]\n")
+    shutil.copytree(recipe, bad)
+    (bad / "golden.png").unlink()
     state = tmp_path / "state"
     cfg = write_config(tmp_path / "station.yaml", recipe=bad, state_dir=state, camera=frames)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -299,7 +304,8 @@ def test_bad_recipe_exits_78_after_announcing_stopping(tmp_path: Path, frames: s
 
 # ---------------------------------------------------------------------------------- in-process
 def _in_process(cfg_path: Path, **kw: Any) -> tuple[StationDaemon, threading.Thread, list[int]]:
-    daemon = StationDaemon(load_config(cfg_path), **kw)
+    """The station of ``cfg_path`` built by station.build (``kw``: parts given pre-built)."""
+    daemon = build_daemon(load_config(cfg_path), **kw)
     rc: list[int] = []
     t = threading.Thread(target=lambda: rc.append(daemon.run()), daemon=True)
     t.start()
@@ -308,15 +314,16 @@ def _in_process(cfg_path: Path, **kw: Any) -> tuple[StationDaemon, threading.Thr
 
 
 def test_camera_outage_gives_errors_never_pass_and_recovers(tmp_path: Path, recipe: Path) -> None:
-    """The demo's path: ``serve(config, inspector, camera)`` with a pre-built SyntheticCamera."""
+    """``station.build.serve`` with a pre-built inspector and a SyntheticCamera whose outage the
+    test controls (the camera reports its health through the LiveSource callback)."""
     cfg = load_config(write_config(tmp_path / "station.yaml", recipe=recipe,
                                    state_dir=tmp_path / "state", heartbeat_s=0.1))
     cam = SyntheticCamera(seed=11, p_good=1.0)
     insp = Inspector(Recipe.load(recipe))
     ready: list[StationDaemon] = []
     rc: list[int] = []
-    t = threading.Thread(target=lambda: rc.append(serve(cfg, insp, cam, on_ready=ready.append)),
-                         daemon=True)
+    t = threading.Thread(target=lambda: rc.append(
+        serve(cfg, inspector=insp, camera=cam, on_ready=ready.append)), daemon=True)
     t.start()
     deadline = time.monotonic() + 30
     while not ready and time.monotonic() < deadline:

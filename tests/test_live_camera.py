@@ -152,7 +152,7 @@ def test_stream_newest_frame_down_and_up_without_recreating(server, make_camera,
     cam = make_camera(server.url, open_timeout=2.0, read_timeout=1.5,
                       reconnect_initial=0.2, reconnect_max=1.0, on_health=events)
     _, _, reason = events.wait_for(True, 8)
-    assert cam.healthy and "320x240" in reason
+    assert cam.is_up and "320x240" in reason
 
     frames = _frames(cam, 5)
     seqs = [f.seq for f in frames]
@@ -184,7 +184,7 @@ def test_stream_newest_frame_down_and_up_without_recreating(server, make_camera,
     t_down, _, down_reason = events.wait_for(False, 5, after=n_before)
     down_s = t_down - t_stop
     assert down_s < 5.0
-    assert not cam.healthy
+    assert not cam.is_up
     err = cam.read_latest(0.3)
     assert err.image is None and err.error.startswith("camera_down: ")
     assert err.seq == f2.seq  # no new frame number invented
@@ -197,7 +197,7 @@ def test_stream_newest_frame_down_and_up_without_recreating(server, make_camera,
     t_up2, _, _ = events.wait_for(True, 8, after=n_before)
     up_s = t_up2 - t_restart
     after = _frames(cam, 3)
-    assert after[0].seq > f2.seq and cam.healthy
+    assert after[0].seq > f2.seq and cam.is_up
     assert [e[1] for e in events.items] == [True, False, True], events.items  # transitions only
     assert cam.stats["reconnects"] >= 1
     with capsys.disabled():
@@ -207,7 +207,7 @@ def test_stream_newest_frame_down_and_up_without_recreating(server, make_camera,
     cam.close()
     assert not cam._reader.is_alive() and not cam._watchdog.is_alive()
     closed = cam.read_latest(1.0)
-    assert closed.error == "camera_down: closed" and not cam.healthy
+    assert closed.error == "camera_down: closed" and not cam.is_up
 
 
 @needs_ffmpeg
@@ -326,7 +326,7 @@ def test_unopenable_source_is_down_with_reason(source, tmp_path, make_camera):
     _, _, reason = events.wait_for(False, 3)
     assert reason.startswith("open failed") and "secret" not in reason
     assert "secret" not in cam.source_id
-    assert not cam.healthy
+    assert not cam.is_up
     f = cam.read_latest(0.2)
     assert f.image is None and f.error.startswith("camera_down: open failed")
     time.sleep(0.7)  # keeps retrying with back-off, reports down once only
