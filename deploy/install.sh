@@ -4,6 +4,11 @@
 #
 #   sudo deploy/install.sh [--extras gpu] [--wheelhouse DIR] [--start]
 #
+# Torch: constraints.txt pins the CPU build (torch==2.13.0+cpu, from the PyTorch CPU index) for
+# CPU installs (--extras vlm); --extras gpu drops that pin and installs torch 2.13.0 from PyPI
+# (its Linux build is the CUDA one; --torch-index URL picks another, e.g. .../whl/cu128), then
+# checks that the installed torch has CUDA.
+#
 # What it does:
 #   1. system user/group "inspection" (no login, no home), added to video and render
 #   2. folders: /etc/inspection-station{,/recipes}   root:inspection 0750
@@ -12,7 +17,9 @@
 #   3. venv /opt/inspection-station/venv with this source tree installed into it
 #   4. /etc/inspection-station/station.yaml from deploy/station.example.yaml (only if missing;
 #      the current example is always written as station.example.yaml beside it)
-#   5. /etc/systemd/system/inspection-station.service, daemon-reload, enable (--start: restart)
+#   5. /etc/systemd/system/inspection-station.service, daemon-reload, enable
+#   6. --start: `station check-config` on station.yaml first; the service is (re)started only
+#      when it passes (the example config names a recipe that does not exist yet)
 #
 # --root DIR stages everything under DIR instead of / (packaging, tests): no user is created,
 # nothing is chowned, systemctl is not called.
@@ -30,6 +37,8 @@ PYTHON=${PYTHON:-python3}
 DO_VENV=1
 DO_SYSTEMD=1
 START=0
+SHOW_PIP=0
+TORCH_INDEX=""
 CONF_DIR=/etc/inspection-station
 STATE_DIR=/var/lib/inspection-station
 CACHE_DIR=/var/cache/inspection-station
@@ -47,7 +56,10 @@ Options:
   --root DIR         stage under DIR (no user, no chown, no systemctl)
   --no-venv          skip the venv (folders, config and unit only)
   --no-systemd       do not call systemctl
-  --start            (re)start the service at the end
+  --torch-index URL  package index for torch (default: PyTorch's CPU index for CPU installs
+                     with torch, PyPI for --extras gpu)
+  --show-pip         print the pip command and the constraints it would use, install nothing
+  --start            (re)start the service at the end, only if check-config passes
 EOF
 }
 
@@ -62,6 +74,8 @@ while [ $# -gt 0 ]; do
     --no-venv) DO_VENV=0; shift ;;
     --no-systemd) DO_SYSTEMD=0; shift ;;
     --start) START=1; shift ;;
+    --show-pip) SHOW_PIP=1; shift ;;
+    --torch-index) TORCH_INDEX=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -69,6 +83,45 @@ done
 
 log() { echo "== $*"; }
 r() { printf '%s%s' "$ROOT" "$1"; }  # a path under the staging root
+
+# pip arguments: constraints (the CPU torch pin only for CPU installs) and the torch index ------
+gpu=0; torch=0
+IFS=',' read -r -a extras_list <<<"$EXTRAS"
+for e in "${extras_list[@]}"; do
+  case "$(echo "$e" | tr -d ' ')" in
+    gpu) gpu=1; torch=1 ;;
+    vlm) torch=1 ;;
+  esac
+done
+pip_args=(--disable-pip-version-check --quiet)
+[ -n "$WHEELHOUSE" ] && pip_args+=(--no-index --find-links "$WHEELHOUSE")
+constraints=""
+if [ -f "$SRC/constraints.txt" ]; then
+  if [ "$gpu" = 1 ]; then
+    # the same versions, but torch without the "+cpu" build: PyPI's Linux torch is the CUDA one
+    constraints=$(mktemp)
+    cleanup+=("$constraints")
+    sed -E 's/^(torch==[^+[:space:]]+)\+cpu[[:space:]]*$/\1/' "$SRC/constraints.txt" >"$constraints"
+  else
+    constraints="$SRC/constraints.txt"
+  fi
+  pip_args+=(-c "$constraints")
+fi
+if [ "$torch" = 1 ] && [ -z "$WHEELHOUSE" ]; then
+  if [ -n "$TORCH_INDEX" ]; then
+    pip_args+=(--extra-index-url "$TORCH_INDEX")
+  elif [ "$gpu" = 0 ]; then
+    pip_args+=(--extra-index-url https://download.pytorch.org/whl/cpu)
+  fi
+fi
+if [ "$SHOW_PIP" = 1 ]; then
+  echo "pip install ${pip_args[*]} --upgrade <source>${EXTRAS:+[$EXTRAS]}"
+  if [ -n "$constraints" ]; then
+    echo "constraints ($constraints):"
+    sed 's/^/  /' "$constraints"
+  fi
+  exit 0
+fi
 
 if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
   echo "install.sh: run as root (or stage with --root DIR)" >&2
@@ -129,13 +182,21 @@ if [ "$DO_VENV" = 1 ]; then
   find "$pkg_src" -name __pycache__ -prune -exec rm -rf {} +
   spec="$pkg_src"
   [ -n "$EXTRAS" ] && spec="$pkg_src[$EXTRAS]"
-  pip_args=(--disable-pip-version-check --quiet)
-  [ -n "$WHEELHOUSE" ] && pip_args+=(--no-index --find-links "$WHEELHOUSE")
-  [ -f "$SRC/constraints.txt" ] && pip_args+=(-c "$SRC/constraints.txt")
   log "installing $spec into the venv"
   "$VENV/bin/python" -m pip install "${pip_args[@]}" --upgrade "$spec"
   "$VENV/bin/station" --version
+  if [ "$gpu" = 1 ]; then
+    cuda=$("$VENV/bin/python" -c 'import torch; print(torch.version.cuda or "")' 2>/dev/null || true)
+    if [ -z "$cuda" ]; then
+      have=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>&1 | tail -1)
+      echo "install.sh: --extras gpu, but the torch installed has no CUDA ($have); give" \
+           "--torch-index https://download.pytorch.org/whl/cu128 or a wheelhouse with a CUDA torch" >&2
+      exit 1
+    fi
+    log "torch with CUDA $cuda"
+  fi
 fi
+STATION_BIN=${STATION_BIN:-$(r "$PREFIX/venv/bin/station")}
 
 # 4. configuration ---------------------------------------------------------------------------
 cfg=$(r "$CONF_DIR/station.yaml")
@@ -169,11 +230,24 @@ else
   changed=0
 fi
 
+# 6. --start only on a configuration that passes check-config -------------------------------
+config_ok=1
+if [ "$START" = 1 ]; then
+  if [ ! -x "$STATION_BIN" ]; then
+    echo "install.sh: --start: $STATION_BIN missing (installed without the venv?)" >&2
+    exit 1
+  fi
+  log "checking $cfg"
+  if ! "$STATION_BIN" check-config "$cfg"; then
+    config_ok=0
+  fi
+fi
+
 if [ -z "$ROOT" ] && [ "$DO_SYSTEMD" = 1 ]; then
   if [ -d /run/systemd/system ]; then
     [ "$changed" = 1 ] && systemctl daemon-reload
     systemctl enable "$UNIT_NAME" >/dev/null
-    if [ "$START" = 1 ]; then
+    if [ "$START" = 1 ] && [ "$config_ok" = 1 ]; then
       log "restarting $UNIT_NAME"
       systemctl restart "$UNIT_NAME"
     fi
@@ -181,5 +255,24 @@ if [ -z "$ROOT" ] && [ "$DO_SYSTEMD" = 1 ]; then
   else
     log "systemd is not running here: unit installed but not enabled"
   fi
+fi
+
+station="$PREFIX/venv/bin/station"
+conf="$CONF_DIR/station.yaml"
+cat <<NEXT
+
+Next steps:
+  1. find the camera:   $station camera list
+  2. grab good parts:   $station camera grab SOURCE -n 20 -o /tmp/good
+     build a recipe:    $station golden build /tmp/good -o $CONF_DIR/recipes/NAME --grid grid.yaml
+  3. edit $conf: station.id, camera, recipe: $CONF_DIR/recipes/NAME
+  4. check it:          $station check-config $conf
+  5. start it:          systemctl restart $UNIT_NAME   (or install.sh --start)
+     follow it:         journalctl -fu $UNIT_NAME;  $station watch tcp://localhost:5556
+NEXT
+if [ "$config_ok" = 0 ]; then
+  echo "install.sh: not starting $UNIT_NAME: $cfg does not pass check-config (above);" \
+       "fix it, then run install.sh --start again" >&2
+  exit 78
 fi
 log "done"
