@@ -23,17 +23,11 @@ import pytest
 from camera.synthetic import LineSpec, SyntheticCamera
 from pipeline.inspector import Inspector
 from pipeline.recipe import Recipe
-from station.bench_events import (
-    StationClient,
-    StationProcess,
-    free_ports,
-    synthetic_recipe,
-    write_config,
-    write_part_frames,
-)
+from station.bench.events import StationClient, StationProcess, free_ports, write_config
 from station.build import build_daemon, serve
 from station.config import load_config
 from station.daemon import StationDaemon
+from station.demo.line import write_part_frames
 from station.journal import decode_line
 from station.notify import Notifier
 
@@ -41,8 +35,9 @@ FFMPEG = shutil.which("ffmpeg")
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthetic_recipe(tmp_path_factory.mktemp("recipe") / "pins")
+def recipe(synthetic_recipe: Recipe) -> Path:
+    assert synthetic_recipe.folder is not None
+    return synthetic_recipe.folder
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +72,7 @@ def run_triggers(c: StationClient, ids: list[str], window: int = 4, timeout: flo
 
 
 # ---------------------------------------------------------------------------------- acceptance
+@pytest.mark.slow
 def test_200_triggers_give_200_results_in_order(tmp_path: Path, recipe: Path, frames: str) -> None:
     cfg = write_config(tmp_path / "station.yaml", recipe=recipe, state_dir=tmp_path / "state",
                        camera=frames, fps=60, loop=True)
@@ -102,6 +98,7 @@ def test_200_triggers_give_200_results_in_order(tmp_path: Path, recipe: Path, fr
     print(f"\n200 triggers in {elapsed:.1f} s")
 
 
+@pytest.mark.slow
 def test_kill_9_and_restart_reuse_no_seq_and_catch_up_returns_what_was_missed(
         tmp_path: Path, recipe: Path, frames: str) -> None:
     state = tmp_path / "state"
