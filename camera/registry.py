@@ -41,6 +41,7 @@ BUILTIN_MODULES: dict[str, str] = {
     "opencv": "camera.live",
     "files": "camera.files",
     "synthetic": "camera.synthetic",
+    "genicam": "camera.genicam",
 }
 
 

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "station.cmd_golden",
     "station.cmd_watch",
     "station.cmd_check_config",
+    "station.cmd_camera",
     "station.cmd_model",
     "station.cmd_demo",
     "station.cmd_bench",
