@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 ALL_TOPICS = ("insp.",)
 BACKLOG_MAX = 10_000
+DRAIN_BUDGET_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -363,7 +364,12 @@ class EventSubscriber:
             ref = self._last_hb if self._last_hb is not None else self._t0
             wait = min(wait, max(0.0, ref + self.down_after - time.monotonic()))
         if self._sock.poll(wait * 1000):
+            # drain what is queued, but hand items out within DRAIN_BUDGET_S: under a burst the
+            # first events must not wait for the last ones to be decoded
+            t_end = time.monotonic() + DRAIN_BUDGET_S
             for _ in range(1000):
+                if out and time.monotonic() >= t_end:
+                    break
                 try:
                     frames = self._sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
