@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     _print_summary(summary)
     if args.json:
         keys = ("parts", "misses", "false_rejects", "false_reject_rate", "address_accuracy",
-                "errors", "latency_ms", "vlm", "recipe_build_s", "wall_s")
+                "errors", "latency_ms", "judges", "recipe_build_s", "wall_s")
         print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
 

@@ -59,10 +59,10 @@ def inspector_for(recipe: Recipe, policy: str, vlm_overrides: dict[str, Any],
     try:
         names = judge_names(recipe.settings.judges, judges, vlm_settings=vlm_settings)
         validate_policy(policy, names)
-    except ValueError as exc:
+        built = judges_for(recipe, names, vlm_settings=vlm_settings, cache_dir=cache_dir)
+    except ValueError as exc:  # unknown judge, policy that does not fit (not a ConfigError)
         raise ConfigError(str(exc)) from None
-    return Inspector(recipe, judges_for(recipe, names, vlm_settings=vlm_settings,
-                                        cache_dir=cache_dir), policy=policy)
+    return Inspector(recipe, built, policy=policy)
 
 
 def inspector_from_args(args: Any) -> tuple[Inspector, StationConfig | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from pipeline.overlay import draw_overlay
 from pipeline.verdicts import Verdict
 from station.replay_runner import PartOutcome
 
-STAGES = ("align", "nsoartc", "cells", "overlay", "vlm", "total")
+# the Inspector's shared stages; each judge's time (timings_ms[<judge name>]) is added after them
+STAGES = ("align", "nsoartc", "cells", "overlay")
 RATIO_BINS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, float("inf"))
 
 
@@ -53,12 +55,14 @@ class ReportBuilder:
         self.part_confusion = _confusion()
         self.cell_confusion = _confusion()
         self.latency: dict[str, list[float]] = {s: [] for s in STAGES}
+        self.total_ms: list[float] = []
         self.ratios: dict[str, list[float]] = {"pass": [], "defect": []}
         self.address_checked = 0
         self.address_correct = 0
         self.box = {"flagged": 0, "tp_cells": 0, "boxes": 0, "boxes_hit": 0}
         self.has_boxes = False
-        self.vlm = {"parts": 0, "uncertain": 0, "errors": 0, "ms": []}
+        # per judge (in the order first seen): verdict counts, times and numeric details
+        self.judges: dict[str, dict[str, Any]] = {}
         self._misses: list[_Case] = []
         self._false_rejects: list[_Case] = []
         self._n = 0
@@ -72,13 +76,10 @@ class ReportBuilder:
         for stage in STAGES:
             if stage in r.timings_ms:
                 self.latency[stage].append(r.timings_ms[stage])
-        vlm = r.judges.get("vlm")
-        if vlm is not None:
-            self.vlm["parts"] += 1
-            self.vlm["uncertain"] += vlm.verdict is Verdict.UNCERTAIN
-            self.vlm["errors"] += vlm.verdict is Verdict.ERROR
-            if "vlm" in r.timings_ms:
-                self.vlm["ms"].append(r.timings_ms["vlm"])
+        for name, result in r.judges.items():
+            self._add_judge(name, result.verdict, r.timings_ms.get(name), result.details)
+        if "total" in r.timings_ms:
+            self.total_ms.append(r.timings_ms["total"])
         if r.verdict is Verdict.ERROR:
             key = (r.reason or "error").split(":")[0]
             self.errors[key] = self.errors.get(key, 0) + 1
@@ -107,6 +108,18 @@ class ReportBuilder:
             self._keep(self._misses, -ratio, o, f"max score/threshold {ratio:.2f}")
         elif outcome == "fp":
             self._keep(self._false_rejects, ratio, o, f"flagged {', '.join(sorted(flagged))}")
+
+    def _add_judge(self, name: str, verdict: Verdict, ms: float | None,
+                   details: dict[str, Any]) -> None:
+        j = self.judges.setdefault(name, {"parts": 0, "verdicts": {}, "details": {}})
+        j["parts"] += 1
+        j["verdicts"][verdict.value] = j["verdicts"].get(verdict.value, 0) + 1
+        if ms is not None:
+            self.latency.setdefault(name, []).append(ms)
+        for key, value in details.items():  # the judge's own scalar figures (p_defect, ms, …)
+            if isinstance(value, int | float) and not isinstance(value, bool) \
+                    and math.isfinite(value):
+                j["details"].setdefault(key, []).append(float(value))
 
     def _add_boxes(self, o: PartOutcome, flagged: set[str]) -> None:
         self.has_boxes = True
@@ -153,7 +166,13 @@ class ReportBuilder:
                 round(self.address_correct / self.address_checked, 4)
                 if self.address_checked else None
             ),
-            "latency_ms": {s: percentiles(v) for s, v in self.latency.items() if v},
+            "latency_ms": {s: percentiles(v) for s, v in
+                           [*self.latency.items(), ("total", self.total_ms)] if v},
+            "judges": {
+                name: {"parts": j["parts"], "verdicts": dict(sorted(j["verdicts"].items())),
+                       "details": {k: _median(v) for k, v in j["details"].items()}}
+                for name, j in self.judges.items()
+            },
             "score_ratio": {k: _histogram(v) for k, v in self.ratios.items()},
         }
         if self.has_boxes:
@@ -163,13 +182,6 @@ class ReportBuilder:
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
             out.update(cell_precision=round(precision, 4), box_recall=round(recall, 4),
                        f1=round(f1, 4), boxes=dict(b))
-        if self.vlm["parts"]:
-            out["vlm"] = {
-                "parts": self.vlm["parts"],
-                "uncertain": self.vlm["uncertain"],
-                "errors": self.vlm["errors"],
-                "p50_ms": percentiles(self.vlm["ms"]).get("p50"),
-            }
         return out
 
     def write(self, folder: str | Path, title: str = "Replay report") -> dict[str, Any]:
@@ -194,6 +206,11 @@ class ReportBuilder:
                           "", f"![{case.part_id}]({img.name})", ""]
         (folder / "report.md").write_text("\n".join(lines))
         return summary
+
+
+def _median(values: list[float]) -> dict[str, float]:
+    """Median (and n) of one judge's numeric detail over the parts that gave it."""
+    return {"n": len(values), "median": round(float(np.median(values)), 4)}
 
 
 def _histogram(values: list[float]) -> dict[str, Any]:
@@ -227,6 +244,11 @@ def _md_summary(s: dict[str, Any]) -> list[str]:
     if s["error_reasons"]:
         lines.append("- error reasons: " + ", ".join(f"{k} {v}" for k, v in
                                                      s["error_reasons"].items()))
+    if s["judges"]:
+        lines += ["", "## Judges", "", "| judge | parts | verdicts |", "|---|---|---|"]
+        for name, j in s["judges"].items():
+            verdicts = ", ".join(f"{k} {v}" for k, v in j["verdicts"].items())
+            lines.append(f"| {name} | {j['parts']} | {verdicts} |")
     lines += ["", "## Latency (ms)", "", "| stage | p50 | p95 | p99 |", "|---|---|---|---|"]
     for stage, p in s["latency_ms"].items():
         lines.append(f"| {stage} | {p['p50']} | {p['p95']} | {p['p99']} |")

@@ -132,9 +132,19 @@ def judge_factory(name: str) -> JudgeFactory:
                 raise
     factory = _REGISTRY.get(name)
     if factory is None:
-        known = ", ".join(sorted(set(registered_judges()) | {"metric", "vlm"}))
+        known = ", ".join(sorted(set(registered_judges()) | set(_builtin_modules())))
         raise ValueError(f"unknown judge {name!r} (known: {known})")
     return factory
+
+
+def _builtin_modules() -> list[str]:
+    """Modules of this package that are judges (all but the protocol and the selection)."""
+    import pkgutil
+
+    import pipeline.judges as package
+
+    return [m.name for m in pkgutil.iter_modules(package.__path__)
+            if m.name not in ("base", "selection")]
 
 
 def registered_judges() -> list[str]:
