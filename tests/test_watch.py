@@ -103,6 +103,7 @@ def test_colour_on_a_terminal_and_heartbeat_ahead_triggers_catch_up(tmp_path: Pa
     assert w.summary.recovered == 1
 
 
+@pytest.mark.slow
 def test_watch_reports_station_death_within_3_s(tmp_path: Path) -> None:
     """``station watch`` as its operators run it, against a station process that is killed -9."""
     recipe = synthetic_recipe(tmp_path / "recipe")
