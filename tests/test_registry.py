@@ -21,7 +21,7 @@ from camera.synthetic import SyntheticCamera, SyntheticOptions
 from pipeline.base.errors import ConfigError
 from pipeline.base.frames import Frame
 from pipeline.recipe import Recipe
-from station.bench_events import StationClient
+from station.bench.events import StationClient
 from station.build import build_camera, build_daemon
 from station.config import load_config
 from station.demo.line import write_part_frames
@@ -163,6 +163,32 @@ def test_files_type_plays_a_folder_like_a_camera(tmp_path: Path, synthetic_recip
     assert cam.read_latest(0.1).error == "camera_down: closed"
 
 
+def test_files_type_plays_an_image_sequence_in_number_order_and_loops(
+        tmp_path: Path, synthetic_recipe: Recipe, parts_dir: Path) -> None:
+    pattern = str(parts_dir / "part_%04d.png")
+    cfg = load_config(station_yaml(tmp_path, synthetic_recipe,
+                                   f"  type: files\n  source: '{pattern}'\n  fps: 20\n"
+                                   "  loop: true\n"))
+    cam = build_camera(cfg)
+    cam.start()
+    try:
+        frames = []
+        while len(frames) < 9:
+            f = cam.read_latest(2.0)
+            assert f.ok, f.error
+            frames.append(f)
+        assert cam.is_up
+    finally:
+        cam.close()
+    # seq counts every frame played (a slow reader may skip some, never reorder): frame n is
+    # file (n - 1) mod 4 of the sequence, past its end again from the start
+    seqs = [f.seq for f in frames]
+    assert seqs == sorted(set(seqs)) and seqs[-1] > 4
+    for f in frames:
+        assert Path(f.meta["path"]).name == f"part_{(f.seq - 1) % 4:04d}.png"
+        assert np.array_equal(f.image, cv2.imread(f.meta["path"]))
+
+
 def test_synthetic_type_and_configs_without_type(tmp_path: Path,
                                                  synthetic_recipe: Recipe) -> None:
     cfg = load_config(station_yaml(tmp_path, synthetic_recipe,
@@ -200,7 +226,8 @@ def test_unknown_type_and_bad_options_name_file_and_line(tmp_path: Path,
         load_config(path)
     assert err.value.where == f"{path}:{line}"
     assert "unknown camera type 'gige-x'" in str(err.value)
-    assert "files, opencv, synthetic" in str(err.value) and "test-still-parts" in str(err.value)
+    known = str(err.value).split("(known: ")[1].rstrip(")").split(", ")
+    assert {"files", "opencv", "synthetic", "test-still-parts"} <= set(known)
 
     path = station_yaml(tmp_path, synthetic_recipe, "  type: synthetic\n  source: 0\n")
     with pytest.raises(ConfigError, match=r"unknown key 'camera\.source'") as err:
