@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     result = bench_pipeline((int(w), int(h)), args.repeats, args.threads)
     result.update(machine_info())
     if args.events:
-        from station.bench_events import bench_pubsub, bench_trigger
+        from station.bench.events import bench_pubsub, bench_trigger
 
         result["publish_receive_ms"] = bench_pubsub()
         result["trigger_result_ms"] = bench_trigger()

@@ -8,17 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from station.bench_events import (
-    StationClient,
-    StationProcess,
-    synthetic_recipe,
-    write_config,
-    write_part_frames,
-)
+from station.bench.events import StationClient, StationProcess, write_config
+from station.demo.line import build_demo_recipe, write_part_frames
 
 
 def test_live_parts_replay_bit_for_bit_to_the_same_verdicts(tmp_path: Path) -> None:
-    recipe = synthetic_recipe(tmp_path / "recipe")
+    recipe = build_demo_recipe(tmp_path, n_train=8).folder
     frames = write_part_frames(tmp_path / "frames", 8, defect_every=2)
     rec_dir = tmp_path / "recordings"
     cfg = write_config(tmp_path / "station.yaml", recipe=recipe, state_dir=tmp_path / "state",

@@ -16,7 +16,8 @@ import pytest
 from test_client import MiniStation  # the daemon's own event parts, no camera
 
 from pipeline.base.stats import percentile
-from station.bench_events import StationProcess, synthetic_recipe, write_config, write_part_frames
+from station.bench.events import StationProcess, write_config
+from station.demo.line import build_demo_recipe, write_part_frames
 from station.watch import Watcher, derive_catchup
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def test_colour_on_a_terminal_and_heartbeat_ahead_triggers_catch_up(tmp_path: Pa
 @pytest.mark.slow
 def test_watch_reports_station_death_within_3_s(tmp_path: Path) -> None:
     """``station watch`` as its operators run it, against a station process that is killed -9."""
-    recipe = synthetic_recipe(tmp_path / "recipe")
+    recipe = build_demo_recipe(tmp_path, n_train=8).folder
     frames = write_part_frames(tmp_path / "frames", 4)
     state = tmp_path / "state"
     cfg = write_config(tmp_path / "station.yaml", recipe=recipe, state_dir=state,

@@ -10,7 +10,7 @@ only adds the raw wire access tests need.
 * :func:`bench_trigger` — trigger → result latency of a real station process (synthetic camera,
   metric judge) measured by a client on loopback: DEALER send → result received on SUB.
 
-``python -m station.bench_events`` prints both as JSON.  Clocks: ``time.monotonic_ns`` (the
+``python -m station.bench.events`` prints both as JSON.  Clocks: ``time.monotonic_ns`` (the
 system-wide CLOCK_MONOTONIC), comparable between processes on one host.
 """
 
@@ -33,13 +33,15 @@ from typing import Any
 
 import zmq
 
+from camera.synth import LineSpec
 from pipeline.base.stats import percentile
 from station.client import CatchupClient, EventSubscriber, TriggerClient
+from station.demo.line import build_demo_recipe, write_part_frames
 from station.events import EventPublisher, decode
 from station.journal import Journal
 from station.servers import make_pub
 
-_ROOT = Path(__file__).resolve().parents[1]
+_ROOT = Path(__file__).resolve().parents[2]  # the repository (station/bench/events.py)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -70,49 +72,6 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def synthetic_recipe(folder: str | Path, *, seed: int = 1, n_good: int = 8,
-                     size: tuple[int, int] = (640, 480)) -> Path:
-    """Build and save a recipe for the synthetic pin line (what ``camera: synthetic`` renders)
-    with the demo's recipe settings (``station/defaults/synthetic.yaml``)."""
-    import numpy as np
-
-    from camera.synth import LineSpec, grid_config, make_part, render_golden
-    from pipeline.recipe import build_recipe
-    from station.recipe_tools import DEFAULTS_DIR, load_settings_file
-
-    spec = LineSpec(size=size)
-    rng = np.random.default_rng(seed)
-    goods = [make_part(spec, rng).image for _ in range(n_good)]
-    settings = load_settings_file(DEFAULTS_DIR / "synthetic.yaml", grid_config(spec))
-    recipe = build_recipe(goods, settings.grid, golden=render_golden(spec), name="synthetic",
-                          settings=settings)
-    recipe.save(folder)
-    return Path(folder)
-
-
-def write_part_frames(folder: str | Path, n: int = 20, *, seed: int = 2,
-                      defect_every: int = 4, size: tuple[int, int] = (640, 480)) -> str:
-    """Render ``n`` synthetic parts (every ``defect_every``-th with one defect) as lossless PNGs;
-    returns the image-sequence pattern LiveCamera plays like a camera (``loop`` + ``fps``)."""
-    import cv2
-    import numpy as np
-
-    from camera.synth import LineSpec, make_part, sample_defects
-
-    spec = LineSpec(size=size)
-    rng = np.random.default_rng(seed)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    truth = []
-    for i in range(n):
-        defects = sample_defects(spec, rng, 1) if defect_every and i % defect_every == 1 else []
-        part = make_part(spec, rng, defects)
-        cv2.imwrite(str(folder / f"part_{i:04d}.png"), part.image)
-        truth.append({"frame": i, "label": part.label, "defects": part.addresses})
-    (folder / "truth.json").write_text(json.dumps(truth, indent=1) + "\n")
-    return str(folder / "part_%04d.png")
 
 
 def write_config(path: str | Path, *, recipe: str | Path, state_dir: str | Path,
@@ -340,7 +299,7 @@ def synthetic_station(workdir: str | Path, *, recipe: str | Path | None = None,
     if recipe is None:
         recipe = workdir / "recipe"
         if not (recipe / "recipe.yaml").is_file():
-            synthetic_recipe(recipe, size=size)
+            build_demo_recipe(workdir, LineSpec(size=size), n_train=8)
     if config.get("camera") == "frames":
         config["camera"] = write_part_frames(workdir / "frames", size=size)
         config.setdefault("fps", 30.0)
@@ -493,8 +452,8 @@ def bench_trigger(n: int = 200, *, workdir: str | Path | None = None, warmup: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m station.bench_events [--events N] [--parts N]``: print the figures as JSON."""
-    ap = argparse.ArgumentParser(prog="station.bench_events", description=__doc__)
+    """``python -m station.bench.events [--events N] [--parts N]``: print the figures as JSON."""
+    ap = argparse.ArgumentParser(prog="station.bench.events", description=__doc__)
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--parts", type=int, default=200)
