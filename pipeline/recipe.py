@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +25,7 @@ from pipeline.base.atomic import write_bytes_atomic
 from pipeline.base.errors import ConfigError
 from pipeline.base.imageio import FrameReadError
 from pipeline.base.imageio import read_image as read_frame_image
-from pipeline.base.yamlconf import YamlDoc, build_dataclass, load_yaml
+from pipeline.base.yamlconf import Overrides, YamlDoc, build_dataclass, load_yaml
 from pipeline.cell_scoring import CellScorer
 from pipeline.grid import AddressGrid
 from pipeline.judges.metric import fit_thresholds
@@ -37,6 +37,7 @@ from pipeline.nsoartc import (  # the golden-side sums are computed once per rec
     synth_good_frames,
 )
 from pipeline.photometric import PhotometricNormalizer
+from pipeline.vlm.settings import VlmSettings
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,9 @@ class RecipeSettings:
     # judges run on every part, in order, by registered name (pipeline.judges); ``vlm`` is
     # appended when the VLM is enabled
     judges: list[str] = field(default_factory=lambda: ["metric"])
-    vlm: dict[str, Any] = field(default_factory=dict)
+    # the keys of the recipe's ``vlm:`` section as given (checked when loaded); the station config
+    # and command line override them key by key (pipeline.vlm.settings.effective_vlm_settings)
+    vlm: Overrides[VlmSettings] = field(default_factory=lambda: Overrides(VlmSettings))
     built: dict[str, Any] = field(default_factory=dict)  # provenance: date, frames, version
     version: int = 1
 
@@ -245,13 +248,6 @@ class Recipe:
         except (OSError, ValueError, KeyError) as exc:
             where = str(folder / UNIT_SPACE_FILE)
             raise ConfigError(f"unit space unreadable: {exc}", where) from None
-        if settings.vlm:
-            from pipeline.vlm.settings import VlmSettings
-
-            try:
-                VlmSettings.from_dict(settings.vlm)
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(str(exc), doc.where(("vlm",))) from None
         return cls(settings, golden, unit_space, grid, folder, _recipe_hash(folder))
 
     def save(self, folder: str | Path) -> Path:
@@ -265,7 +261,9 @@ class Recipe:
         tmp = folder / (UNIT_SPACE_FILE + ".tmp.npz")
         self.unit_space.save(tmp)
         tmp.replace(folder / UNIT_SPACE_FILE)
-        text = yaml.safe_dump(asdict(self.settings), sort_keys=False, allow_unicode=True)
+        data = asdict(self.settings)
+        data["vlm"] = self.settings.vlm.to_data()  # the keys the recipe sets, as it set them
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
         write_bytes_atomic(folder / RECIPE_FILE, text.encode())
         self.folder = folder
         self.hash = _recipe_hash(folder)
@@ -324,7 +322,7 @@ def build_recipe(
     name: str = "recipe",
     golden: np.ndarray | None = None,
     settings: RecipeSettings | None = None,
-    vlm: dict[str, Any] | None = None,
+    vlm: Mapping[str, Any] | None = None,
     source: str = "",
 ) -> Recipe:
     """Build a recipe from good frames (and optionally an explicit golden).
@@ -411,7 +409,8 @@ def build_recipe(
         unit_space=base.unit_space,
         cells=base.cells,
         judges=list(base.judges),
-        vlm=dict(vlm if vlm is not None else base.vlm),
+        vlm=base.vlm if vlm is None else Overrides.from_mapping(
+            VlmSettings, vlm, "build_recipe(vlm=...)", key_path=("vlm",)),
         built=built,
     )
     return Recipe(final, golden, unit_space, grid)

@@ -120,7 +120,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    loaded = load_model(VlmSettings.from_dict(base), cache_dir=args.workdir / "cache")
+    loaded = load_model(VlmSettings.from_mapping(base), cache_dir=args.workdir / "cache")
     load_s = time.perf_counter() - t0
     mem_load = torch.cuda.max_memory_allocated() if cuda else 0
     images = pipeline_like_images(args.image_side)
@@ -144,7 +144,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     if args.backend != "transformers":
         del modes["generate_compiled"]  # transformers backend only (see VlmSettings)
     for name, extra in modes.items():
-        judge = VlmJudge(VlmSettings.from_dict({**base, **extra}), loaded=loaded)
+        judge = VlmJudge(VlmSettings.from_mapping({**base, **extra}), loaded=loaded)
         t0 = time.perf_counter()
         first = judge.judge(images, columns=COLUMNS, rows=ROWS)
         first_ms = (time.perf_counter() - t0) * 1000
@@ -264,7 +264,7 @@ def experiments(args: argparse.Namespace, loaded: Any, images: list[Any]) -> dic
 
 def write_one(args: argparse.Namespace) -> dict[str, Any]:
     """Child process: write the random model of one shape."""
-    from pipeline.vlm.tiny import write_tiny_model
+    from station.modeltools.tiny import write_tiny_model
 
     t0 = time.perf_counter()
     write_tiny_model(args.model_dir, "qwen2_vl", shape=args.shape, device=args.device)

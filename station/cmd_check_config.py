@@ -1,4 +1,8 @@
-"""``station check-config``: validate a station YAML and its recipe (exit 78 when wrong)."""
+"""``station check-config``: validate a station YAML and its recipe (exit 78 when wrong).
+
+Everything ``station run`` would refuse at start-up is refused here first, naming file:line:
+wrong keys and values, duplicate keys, endpoint ports outside 1-65535, folders the station cannot
+write, an enabled VLM without a usable local model folder."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import json
 
 from pipeline.recipe import Recipe
+from pipeline.vlm.settings import effective_vlm_settings
 from station.config import load_config
 
 
@@ -24,19 +29,19 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.base.errors import ConfigError
 
         raise ConfigError("give the station YAML to check")
-    cfg = load_config(path)
+    cfg = load_config(path, check_paths=True)
     recipe = Recipe.load(cfg.resolve(cfg.recipe))
-    vlm = {**recipe.settings.vlm, **cfg.vlm}
+    vlm = effective_vlm_settings(recipe.settings, cfg)  # the model folder checked when enabled
     print(json.dumps({
         "ok": True,
         "config": cfg.path,
         "station": cfg.station.id,
         "mode": cfg.mode,
-        "camera": cfg.camera.source,
+        "camera": cfg.camera.type,
         "recipe": str(recipe.folder),
         "recipe_hash": recipe.short_hash,
         "cells": len(recipe.grid.cells),
         "policy": cfg.policy,
-        "vlm": bool(vlm.get("enabled")),
+        "vlm": vlm.enabled,
     }))
     return 0

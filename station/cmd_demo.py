@@ -20,9 +20,10 @@ from typing import Any
 from camera.replay import ManifestSource
 from camera.synth import LineSpec, write_line
 from pipeline.base.frames import Frame
+from pipeline.vlm.settings import effective_vlm_settings
 from station.cmd_replay import run_replay
 from station.demo.line import build_demo_recipe
-from station.recipe_tools import inspector_for
+from station.recipe_tools import inspector_for, vlm_flags
 from station.replay_runner import PartOutcome
 
 GREEN, RED, YELLOW, RESET = "\033[32m", "\033[31m", "\033[33m", "\033[0m"
@@ -89,12 +90,8 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         recipe = build_demo_recipe(workdir, spec, args.seed, args.train)
         t_recipe = time.perf_counter() - t0
-        overrides: dict[str, Any] = {}
-        if args.vlm:
-            overrides = {"enabled": True, "model_dir": str(Path(args.vlm).resolve())}
-            if args.vlm_backend:
-                overrides["backend"] = args.vlm_backend
-        inspector = inspector_for(recipe, args.policy, overrides, workdir / "cache")
+        vlm = effective_vlm_settings(recipe.settings, cli=vlm_flags(args.vlm, args.vlm_backend))
+        inspector = inspector_for(recipe, args.policy, vlm, workdir / "cache")
         if args.serve:
             from station.demo_serve import serve_demo
 

@@ -72,7 +72,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         from pipeline.vlm.settings import VlmSettings
     except ImportError as exc:  # torch / transformers missing: the vlm extra is not installed
         raise ConfigError(f"model check needs the VLM extra (torch, transformers): {exc}") from exc
-    settings = VlmSettings.from_dict(
+    settings = VlmSettings.from_mapping(
         {
             "model_dir": args.dir,
             "base_model_dir": args.base_model_dir,

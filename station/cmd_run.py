@@ -18,4 +18,4 @@ def run(args: argparse.Namespace) -> int:
     """Load the config (ConfigError → exit 78) and serve until SIGTERM (exit 0)."""
     from station.build import serve  # deferred: keeps `station --help` light
 
-    return serve(load_config(args.config))
+    return serve(load_config(args.config, check_paths=True))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from camera.registry import SourceOptions, parse_camera, source_type
 from pipeline.base.errors import ConfigError
-from pipeline.base.yamlconf import YamlDoc, build_dataclass, load_yaml
+from pipeline.base.yamlconf import FieldError, Overrides, YamlDoc, build_dataclass, load_yaml
+from pipeline.vlm.settings import VlmSettings, effective_vlm_settings
 
 
 @dataclass(frozen=True)
@@ -66,13 +69,37 @@ class FreeRun:
             raise ValueError("rate_hz must be in (0, 1000]")
 
 
+_TCP_ENDPOINT = re.compile(r"tcp://(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<port>[^:/]+)")
+
+
+def endpoint_problem(ep: str) -> str | None:
+    """Why ``ep`` cannot be bound as a ZeroMQ endpoint (None when it can): ``tcp://HOST:PORT``
+    with PORT 1–65535 (or ``*`` / ``0`` for one the system picks), ``ipc://PATH``,
+    ``inproc://NAME``.  libzmq would silently wrap a port above 65535 onto another one."""
+    scheme, sep, rest = ep.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
+        return f"{ep!r} is not a ZeroMQ endpoint (tcp://host:port, ipc://path)"
+    if scheme != "tcp":
+        return None
+    m = _TCP_ENDPOINT.fullmatch(ep)
+    if m is None:
+        return f"{ep!r} is not a tcp endpoint (tcp://host:port, e.g. tcp://127.0.0.1:5556)"
+    port = m.group("port")
+    if port in ("*", "0"):
+        return None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"port {port!r} of {ep!r} is outside 1-65535"
+    return None
+
+
 @dataclass(frozen=True)
 class EventsSection:
-    """ZeroMQ endpoints and rates."""
+    """ZeroMQ endpoints and rates.  The defaults listen on the loopback interface only: another
+    interface must be named here (e.g. ``tcp://192.168.10.5:5556``, or ``tcp://*:5556`` for all)."""
 
-    pub: str = "tcp://*:5556"
-    trigger: str = "tcp://*:5555"
-    catchup: str = "tcp://*:5557"
+    pub: str = "tcp://127.0.0.1:5556"
+    trigger: str = "tcp://127.0.0.1:5555"
+    catchup: str = "tcp://127.0.0.1:5557"
     heartbeat_s: float = 1.0
     catchup_batch: int = 500
     trigger_queue: int = 16
@@ -81,14 +108,18 @@ class EventsSection:
     journal_max_mb: float = 256.0
 
     def validate(self) -> None:
+        seen: dict[str, str] = {}
         for name in ("pub", "trigger", "catchup"):
             ep = getattr(self, name)
-            if "://" not in ep:
-                raise ValueError(f"{name}: {ep!r} is not a ZeroMQ endpoint (tcp://host:port, ipc://path)")
-        fixed = [ep for ep in (self.pub, self.trigger, self.catchup)
-                 if not ep.endswith((":0", ":*"))]  # ephemeral ports may repeat
-        if len(set(fixed)) != len(fixed):
-            raise ValueError("pub, trigger and catchup must be different endpoints")
+            problem = endpoint_problem(ep)
+            if problem:
+                raise FieldError(name, problem)
+            if ep.endswith((":0", ":*")):  # ephemeral ports may repeat
+                continue
+            if ep in seen:
+                raise FieldError(name, f"pub, trigger and catchup must be different endpoints "
+                                       f"({ep} is also {seen[ep]})")
+            seen[ep] = name
         if not 0.05 <= self.heartbeat_s <= 10:
             raise ValueError("heartbeat_s must be in [0.05, 10]")
         if self.catchup_batch < 1 or self.trigger_queue < 1:
@@ -128,8 +159,9 @@ class StationConfig:
     policy: str = "any"
     # judges to run instead of the recipe's ``judges:`` (``vlm`` is added when enabled)
     judges: list[str] | None = None
-    # Overrides of the recipe's ``vlm:`` section (validated by pipeline.vlm.settings).
-    vlm: dict[str, Any] = field(default_factory=dict)
+    # Overrides of the recipe's ``vlm:`` section, key by key (checked when loaded; merged by
+    # pipeline.vlm.settings.effective_vlm_settings)
+    vlm: Overrides[VlmSettings] = field(default_factory=lambda: Overrides(VlmSettings))
     path: str = ""
 
     def resolve(self, p: str) -> Path:
@@ -138,8 +170,11 @@ class StationConfig:
         return q if q.is_absolute() else (Path(self.path).parent / q).resolve()
 
 
-def load_config(path: str | Path) -> StationConfig:
-    """Load and validate a station YAML; ConfigError (exit 78) names file:line of any mistake."""
+def load_config(path: str | Path, *, check_paths: bool = False) -> StationConfig:
+    """Load and validate a station YAML; ConfigError (exit 78) names file:line of any mistake.
+
+    ``check_paths`` (``station run`` and ``check-config``): the folders the station writes
+    (``station.state_dir``, ``recording.dir`` when recording) must be writable or creatable."""
     doc: YamlDoc = load_yaml(path)
     data = doc.data
     if not isinstance(data, dict):
@@ -152,13 +187,8 @@ def load_config(path: str | Path) -> StationConfig:
     recipe_dir = cfg.resolve(cfg.recipe)
     if not (recipe_dir / "recipe.yaml").is_file():
         raise ConfigError(f"recipe folder {recipe_dir} has no recipe.yaml", doc.where(("recipe",)))
-    if cfg.vlm:
-        from pipeline.vlm.settings import VlmSettings  # deferred: keeps torch-free imports light
-
-        try:
-            VlmSettings.from_dict(cfg.vlm)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(str(exc), doc.where(("vlm",))) from None
+    if check_paths:
+        _check_writable(cfg, doc)
     _check_policy(cfg, doc, recipe_dir)
     return cfg
 
@@ -173,10 +203,36 @@ def _check_policy(cfg: StationConfig, doc: YamlDoc, recipe_dir: Path) -> None:
     rdoc = load_yaml(recipe_dir / "recipe.yaml")
     settings = build_dataclass(RecipeSettings, rdoc.data, rdoc)
     try:
-        names = judge_names(settings.judges, cfg.judges, vlm_settings={**settings.vlm, **cfg.vlm})
+        vlm = effective_vlm_settings(settings, cfg, check_model=False)
+        names = judge_names(settings.judges, cfg.judges, vlm_settings=vlm)
     except ValueError as exc:
         raise ConfigError(str(exc), doc.where(("judges",) if cfg.judges else ("vlm",))) from None
     try:
         validate_policy(cfg.policy, names)
     except ValueError as exc:
         raise ConfigError(str(exc), doc.where(("policy",))) from None
+
+
+def _check_writable(cfg: StationConfig, doc: YamlDoc) -> None:
+    """ConfigError at the key's line when a folder the station writes cannot be written."""
+    folders = [(("station", "state_dir"), cfg.station.state_dir)]
+    if cfg.recording.enabled:
+        folders.append((("recording", "dir"), cfg.recording.dir))
+    for key_path, value in folders:
+        problem = _unwritable(cfg.resolve(value))
+        if problem:
+            raise ConfigError(f"{'.'.join(key_path)}: {problem}", doc.where(key_path))
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot be written (or created: its nearest existing parent), or None."""
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{folder} cannot be a folder: {probe} is a file"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        if probe == folder:
+            return f"{folder} is not writable"
+        return f"{folder} cannot be created: {probe} is not writable"
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from pipeline.decision import validate_policy
 from pipeline.inspector import Inspector
 from pipeline.judges.selection import judge_names, judges_for
 from pipeline.recipe import Recipe, RecipeSettings
+from pipeline.vlm.settings import VlmSettings, effective_vlm_settings
 from station.config import StationConfig, load_config
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
@@ -41,21 +43,23 @@ def load_grid_file(path: str | Path) -> dict[str, Any]:
 
 
 def build_inspector(cfg: StationConfig, *, policy: str | None = None,
-                    vlm_overrides: dict[str, Any] | None = None) -> Inspector:
+                    vlm_overrides: Mapping[str, Any] | None = None) -> Inspector:
     """The Inspector a station config describes: its recipe, its judges (the config's
-    ``judges:`` or the recipe's, + ``vlm`` when recipe ``vlm:`` + the config's overrides +
-    ``vlm_overrides`` enable it) and its decision policy (or ``policy``)."""
+    ``judges:`` or the recipe's, + ``vlm`` when the VLM settings enable it) and its decision
+    policy (or ``policy``).  VLM settings: recipe ``vlm:`` ← the config's ``vlm:`` ←
+    ``vlm_overrides`` (command-line flags), merged by ``effective_vlm_settings``."""
     recipe = Recipe.load(cfg.resolve(cfg.recipe))
-    return inspector_for(recipe, policy or cfg.policy, {**cfg.vlm, **(vlm_overrides or {})},
-                         cfg.resolve(cfg.station.cache_dir), cfg.judges)
+    vlm = effective_vlm_settings(recipe.settings, cfg, vlm_overrides)
+    return inspector_for(recipe, policy or cfg.policy, vlm, cfg.resolve(cfg.station.cache_dir),
+                         cfg.judges)
 
 
-def inspector_for(recipe: Recipe, policy: str, vlm_overrides: dict[str, Any],
+def inspector_for(recipe: Recipe, policy: str, vlm_settings: VlmSettings,
                   cache_dir: Path | None, judges: list[str] | None = None) -> Inspector:
     """An Inspector for ``recipe``: judges from the registry (the recipe's ``judges:`` or
-    ``judges``, + ``vlm`` when the merged ``vlm:`` settings enable it, model files cached under
-    ``cache_dir``); a policy or judge list that does not fit is a ConfigError."""
-    vlm_settings = {**recipe.settings.vlm, **vlm_overrides}
+    ``judges``, + ``vlm`` when ``vlm_settings`` (see ``effective_vlm_settings``) enable it,
+    model files cached under ``cache_dir``); a policy or judge list that does not fit is a
+    ConfigError."""
     try:
         names = judge_names(recipe.settings.judges, judges, vlm_settings=vlm_settings)
         validate_policy(policy, names)
@@ -68,13 +72,24 @@ def inspector_for(recipe: Recipe, policy: str, vlm_overrides: dict[str, Any],
 def inspector_from_args(args: Any) -> tuple[Inspector, StationConfig | None]:
     """Build the Inspector for replay/eval from ``--config`` or ``--recipe`` (+ ``--policy``,
     ``--vlm MODEL_DIR``)."""
-    overrides: dict[str, Any] = {}
-    if getattr(args, "vlm", None):
-        overrides = {"model_dir": str(Path(args.vlm).resolve()), "enabled": True}
+    overrides = vlm_flags(getattr(args, "vlm", None))
     policy = getattr(args, "policy", None)
     if getattr(args, "config", None):
         cfg = load_config(args.config)
         return build_inspector(cfg, policy=policy, vlm_overrides=overrides), cfg
     if getattr(args, "recipe", None):
-        return inspector_for(Recipe.load(args.recipe), policy or "any", overrides, None), None
+        recipe = Recipe.load(args.recipe)
+        vlm = effective_vlm_settings(recipe.settings, cli=overrides)
+        return inspector_for(recipe, policy or "any", vlm, None), None
     raise ConfigError("give --config STATION_YAML or --recipe RECIPE_DIR")
+
+
+def vlm_flags(model_dir: str | None, backend: str | None = None) -> dict[str, Any]:
+    """The ``vlm:`` keys that ``--vlm MODEL_DIR`` (and ``--vlm-backend``) set: the top layer of
+    ``effective_vlm_settings`` (checked there like any other layer)."""
+    flags: dict[str, Any] = {}
+    if model_dir:
+        flags = {"enabled": True, "model_dir": str(Path(model_dir).resolve())}
+        if backend:
+            flags["backend"] = backend
+    return flags

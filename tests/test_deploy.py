@@ -60,13 +60,14 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 def test_example_config_follows_the_schema(tmp_path: Path) -> None:
     recipe = tmp_path / "recipes" / "pins"
     recipe.mkdir(parents=True)
-    (recipe / "recipe.yaml").write_text("name: pins\n")
+    (recipe / "recipe.yaml").write_text("name: pins\ngrid: {}\n")  # read for judges and vlm
     cfg_path = tmp_path / "station.yaml"
     cfg_path.write_text(EXAMPLE.read_text().replace("/etc/inspection-station/recipes/pins",
                                                     str(recipe)))
     cfg = load_config(cfg_path)
-    assert cfg.mode == "trigger" and cfg.events.pub == "tcp://*:5556"
-    assert cfg.events.trigger == "tcp://*:5555" and cfg.events.catchup == "tcp://*:5557"
+    assert cfg.mode == "trigger" and cfg.events.pub == "tcp://127.0.0.1:5556"
+    assert cfg.events.trigger == "tcp://127.0.0.1:5555"
+    assert cfg.events.catchup == "tcp://127.0.0.1:5557"
     assert cfg.station.state_dir == "/var/lib/inspection-station"
     assert cfg.recording.max_bytes == 5e9 and cfg.policy == "any"
 

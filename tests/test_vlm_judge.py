@@ -1,6 +1,6 @@
 """The VLM judge with real tiny random 4-bit models (Llama-3.2-Vision, Qwen2-VL, Pixtral) on a CPU.
 
-The models are written from configs in code by ``pipeline.vlm.tiny`` (tokenizer, processor and
+The models are written from configs in code by ``station.modeltools.tiny`` (tokenizer, processor and
 all: nothing is downloaded) and loaded in 4 bit through transformers + bitsandbytes.
 """
 
@@ -20,7 +20,7 @@ from pipeline.base.errors import ConfigError
 from pipeline.verdicts import Verdict
 from pipeline.vlm.parser import parse_answer
 from pipeline.vlm.prompts import build_prompt, fit_image, instruction_text, to_tagged_messages
-from pipeline.vlm.settings import INSTRUCTION_DST, VlmSettings, fill
+from pipeline.vlm.settings import INSTRUCTION_DST, PromptTexts, VlmSettings, fill
 
 COLS = [str(i) for i in range(1, 10)]
 ROWS = ["U", "C", "D"]
@@ -43,8 +43,8 @@ def test_settings_defaults_are_the_seed_texts():
     assert s.type_name("DST") == "CYLN_DST" and s.type_name("raw") == "CYLN_RAW"
 
 
-def test_settings_from_dict_checks_keys_and_values():
-    s = VlmSettings.from_dict(
+def test_settings_from_mapping_checks_keys_and_values():
+    s = VlmSettings.from_mapping(
         {"mode": "generate", "image_type": "raw", "prompts": {"dst": "x"}, "defect_modes": ["bent"]}
     )
     assert s.mode == "generate" and s.image_type == "RAW" and s.prompts.dst == "x"
@@ -62,9 +62,9 @@ def test_settings_from_dict_checks_keys_and_values():
         ({"image_type_names": {"DST": "A"}}, "RAW"),
     ]
     for data, what in bad:
-        with pytest.raises(ValueError, match=what):
-            VlmSettings.from_dict(data)
-    assert VlmSettings.from_dict(VlmSettings().to_dict()) == VlmSettings()
+        with pytest.raises(ConfigError, match=what):
+            VlmSettings.from_mapping(data)
+    assert VlmSettings.from_mapping(VlmSettings().to_dict()) == VlmSettings()
 
 
 def test_fill_leaves_unknown_braces():
@@ -94,8 +94,7 @@ def test_prompts_for_each_mode():
     s = VlmSettings(composition="stacked")
     p = build_prompt(s, [_img()], columns=COLS, rows=ROWS)
     assert "top image" in p.instruction and len(p.images) == 1
-    s = VlmSettings(images="single")
-    s.prompts.format_hint = ""
+    s = VlmSettings(images="single", prompts=PromptTexts(format_hint=""))
     p = build_prompt(s, [_img()], columns=COLS, rows=ROWS)
     assert p.instruction == s.prompts.single
     with pytest.raises(ValueError, match="expected 1 image"):
@@ -132,7 +131,7 @@ pytest.importorskip("bitsandbytes")
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
-    from pipeline.vlm.tiny import write_tiny_model
+    from station.modeltools.tiny import write_tiny_model
 
     root = tmp_path_factory.mktemp("vlm")
     return {f: write_tiny_model(root / f, f) for f in [*FAMILIES, "qwen2_5_vl"]}
@@ -365,8 +364,8 @@ def test_pixtral_prompt_text_image_rows_and_one_shot(loaded, tmp_path):
 
     lm = loaded["llava"]
     assert isinstance(lm.processor, PixtralProcessorPil)  # no torchvision needed
-    s = VlmSettings(one_shot=True, one_shot_image="/x.png", one_shot_address="X:3, Y:C")
-    s.max_image_side = 112
+    s = VlmSettings(one_shot=True, one_shot_image="/x.png", one_shot_address="X:3, Y:C",
+                    max_image_side=112)
     p = build_prompt(s, [_img(), _img()], columns=COLS, rows=ROWS, one_shot_image=_img(seed=5))
     msgs = to_pixtral_messages(p.messages)
     assert msgs[1]["content"].endswith("- defect position->X:3, Y:C")

@@ -1,16 +1,26 @@
-"""The recipe's ``vlm:`` section: which model, how it is asked, and the texts it is asked with.
+"""The ``vlm:`` settings: which model, how it is asked, and the texts it is asked with.
 
 Every prompt text, the pin count, the image type names and the product noun live here (and so in
 the recipe), never in code.  The defaults are the source documents' prompts, verbatim (including
 their hyphenation artefacts such as ``dif-ference``: they are what the authors sent to the models).
+
+The recipe's ``vlm:`` section, the station config's ``vlm:`` section and command-line flags such as
+``--vlm DIR`` are each a partial, typed layer (:class:`~pipeline.base.yamlconf.Overrides`); they
+are merged once, key by key, by :func:`effective_vlm_settings` into one frozen :class:`VlmSettings`.
+Every mistake is a ConfigError naming the file:line of the layer that set the bad value.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pipeline.base.errors import ConfigError
+from pipeline.base.yamlconf import FieldError, Overrides, last_given, merge_overrides
 
 # --- prompt texts of the source documents (seeds/000_*, seeds/001_*) ---
 
@@ -85,6 +95,7 @@ MODES = ("scored", "generate")
 IMAGE_MODES = ("pair", "single")
 IMAGE_TYPES = ("DST", "RAW")
 COMPOSITIONS = ("separate", "stacked")
+PATH_KEYS = ("model_dir", "base_model_dir", "one_shot_image")  # relative: to the file's folder
 
 _PLACEHOLDER = re.compile(r"\{(image_type|noun|pin_count|columns|rows)\}")
 
@@ -98,7 +109,7 @@ def fill(template: str, **values: Any) -> str:
     return _PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), m.group(0))), template)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PromptTexts:
     """The prompt texts (recipe ``vlm.prompts``)."""
 
@@ -111,28 +122,29 @@ class PromptTexts:
     format_hint: str = FORMAT_HINT
 
 
-@dataclass
+@dataclass(frozen=True)
 class VlmSettings:
-    """The recipe's ``vlm:`` section (all keys optional; ``model_dir`` is needed to run)."""
+    """The ``vlm:`` section (all keys optional; ``model_dir`` is needed to run).
 
-    enabled: bool = True
+    Build it with :func:`effective_vlm_settings` (recipe + station config + command line) or
+    :meth:`from_mapping` (settings given in code); both check every key and value.
+    """
+
+    enabled: bool = False  # the judge runs only where a layer says so (usually the station config)
     # --- model ---
-    backend: str = "auto"  # auto: unsloth when it imports and CUDA is there, else transformers
-    model_dir: str | None = (
-        None  # local folder only (absolute after loading); may be a LoRA adapter
-    )
-    base_model_dir: str | None = (
-        None  # base model of an adapter (default: the adapter's own record)
-    )
+    # auto: unsloth when it imports and CUDA is there, else transformers
+    backend: Literal["auto", "unsloth", "transformers"] = "auto"
+    model_dir: str | None = None  # local folder only (absolute after loading); may be an adapter
+    base_model_dir: str | None = None  # base model of an adapter (default: the adapter's record)
     trust_remote_code: bool = False  # only for folders that carry their own code (Phi-3.5-vision)
     device: str = "auto"  # auto | cuda | cuda:N | cpu
     require_4bit: bool = True  # no 4-bit layer after loading is a start-up error
     warmup: bool = True  # one inference at start-up, outside any budget (compiles, allocates)
     # --- how it is asked ---
-    mode: str = "scored"  # scored | generate
-    images: str = "pair"  # pair (golden + test) | single (test only)
-    image_type: str = "DST"  # DST (metric image) | RAW (aligned camera image)
-    composition: str = "separate"  # separate (two images) | stacked (one image, golden on top)
+    mode: Literal["scored", "generate"] = "scored"
+    images: Literal["pair", "single"] = "pair"  # pair (golden + test) | single (test only)
+    image_type: str = "DST"  # DST (metric image) | RAW (aligned camera image); any case
+    composition: Literal["separate", "stacked"] = "separate"  # stacked: one image, golden on top
     max_image_side: int = 448  # images are scaled down to this (image tokens grow with size)
     one_shot: bool = False  # the source documents' 1-shot example turn (red star image)
     one_shot_image: str | None = None  # the example image (with the red star) for one_shot
@@ -153,89 +165,47 @@ class VlmSettings:
     # generate mode, transformers backend on CUDA: static KV cache + torch.compile (CUDA graphs) for
     # the decode steps; ~30 s of compiling at warm-up, then ~3x faster (docs/vlm-gpu-bench.md)
     compile_generate: bool = False
+    # scored mode: prompt and answer tree in one forward pass on the cached constant prefix
+    # (pipeline/vlm/onepass.py); false: the step-by-step reference path
+    one_pass: bool = True
+    cuda_graphs: bool = True  # one_pass on CUDA: the per-part pass captured at warm-up
     mode_tokens: int = 6  # scored: at most this many greedy tokens for the defect mode
     timeout_ms: int = 3000  # per inference; over it → verdict error, reason vlm_timeout
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> VlmSettings:
-        """Build from the recipe's ``vlm:`` mapping; unknown keys and bad values raise ValueError.
+    def __post_init__(self) -> None:
+        # spelling normalised once, here: image types are upper case, the threshold a float
+        if isinstance(self.image_type, str):
+            object.__setattr__(self, "image_type", self.image_type.upper())
+        if isinstance(self.image_type_names, Mapping):
+            object.__setattr__(self, "image_type_names", {
+                (k.upper() if isinstance(k, str) else k): v
+                for k, v in self.image_type_names.items()})
+        if isinstance(self.threshold, int) and not isinstance(self.threshold, bool):
+            object.__setattr__(self, "threshold", float(self.threshold))
 
-        Messages name the key (``vlm.mode: must be one of scored, generate, not 'fast'``).
-        """
-        data = dict(data or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"vlm: unknown key(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        prompts = data.pop("prompts", None)
-        if prompts is None:
-            prompts = {}
-        if not isinstance(prompts, dict):
-            raise ValueError("vlm.prompts: must be a mapping of prompt texts")
-        p_known = {f.name for f in dataclasses.fields(PromptTexts)}
-        p_unknown = sorted(set(prompts) - p_known)
-        if p_unknown:
-            raise ValueError(
-                f"vlm.prompts: unknown key(s) {', '.join(map(repr, p_unknown))}; "
-                f"known: {', '.join(sorted(p_known))}"
-            )
-        for k, v in prompts.items():
-            if not isinstance(v, str):
-                raise ValueError(f"vlm.prompts.{k}: must be a string")
-        out = cls(prompts=PromptTexts(**prompts))
-        for k, v in data.items():
-            setattr(out, k, v)
-        out.validate()
-        return out
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None,
+                     origin: str = "vlm settings") -> VlmSettings:
+        """Settings given in code (a ``vlm:``-shaped mapping), checked like the recipe's section;
+        ConfigError naming the key (``origin: vlm.mode: must be one of ...``)."""
+        layer = Overrides.from_mapping(cls, data, origin, key_path=("vlm",))
+        return merge_overrides(cls, [layer])
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (the inverse of ``from_dict``) for saving and hashing a recipe."""
+        """Plain dict (the inverse of ``from_mapping``) for saving and hashing a recipe."""
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Check types and ranges; raise ValueError naming the key."""
-
-        def choice(name: str, options: tuple[str, ...]) -> None:
-            v = getattr(self, name)
-            if v not in options:
-                raise ValueError(f"vlm.{name}: must be one of {', '.join(options)}, not {v!r}")
-
-        def typed(name: str, types: type | tuple[type, ...], what: str) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) and bool not in (
-                types if isinstance(types, tuple) else (types,)
-            ):
-                raise ValueError(f"vlm.{name}: must be {what}, not {v!r}")
-            if not isinstance(v, types):
-                raise ValueError(f"vlm.{name}: must be {what}, not {v!r}")
-
-        for name in (
-            "enabled",
-            "trust_remote_code",
-            "require_4bit",
-            "warmup",
-            "one_shot",
-            "compile_generate",
-        ):
-            typed(name, bool, "true or false")
-        choice("backend", BACKENDS)
-        choice("mode", MODES)
-        choice("images", IMAGE_MODES)
-        if isinstance(self.image_type, str):
-            self.image_type = self.image_type.upper()
-        choice("image_type", IMAGE_TYPES)
-        choice("composition", COMPOSITIONS)
+        """Ranges and cross-key rules (the loader checks the types); FieldError names the key."""
+        if self.image_type not in IMAGE_TYPES:
+            raise FieldError("image_type", f"must be one of {', '.join(IMAGE_TYPES)}, "
+                                           f"not {self.image_type!r}")
         for name in ("model_dir", "base_model_dir", "one_shot_image", "one_shot_address"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, str) or not v.strip()):
-                raise ValueError(f"vlm.{name}: must be a non-empty string or null, not {v!r}")
-        if not isinstance(self.device, str) or not re.fullmatch(
-            r"auto|cpu|cuda(:\d+)?", self.device
-        ):
-            raise ValueError(f"vlm.device: must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+            if v is not None and not v.strip():
+                raise FieldError(name, f"must be a non-empty string or null, not {v!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise FieldError("device", f"must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         for name, lo, hi in (
             ("max_image_side", 28, 4096),
             ("pin_count", 1, 100000),
@@ -243,41 +213,32 @@ class VlmSettings:
             ("mode_tokens", 1, 64),
             ("timeout_ms", 1, 3_600_000),
         ):
-            typed(name, int, "an integer")
             v = getattr(self, name)
             if not lo <= v <= hi:
-                raise ValueError(f"vlm.{name}: must be between {lo} and {hi}, not {v}")
-        typed("threshold", (int, float), "a number")
-        if not 0.0 < float(self.threshold) < 1.0:
-            raise ValueError(
-                f"vlm.threshold: must be between 0 and 1 (exclusive), not {self.threshold}"
-            )
-        self.threshold = float(self.threshold)
+                raise FieldError(name, f"must be between {lo} and {hi}, not {v}")
+        if not 0.0 < self.threshold < 1.0:
+            raise FieldError("threshold",
+                             f"must be between 0 and 1 (exclusive), not {self.threshold}")
         for name in ("noun", "pass_word", "defect_word"):
-            v = getattr(self, name)
-            if not isinstance(v, str) or not v.strip():
-                raise ValueError(f"vlm.{name}: must be a non-empty string, not {v!r}")
+            if not getattr(self, name).strip():
+                raise FieldError(name, "must be a non-empty string")
         if self.pass_word.strip().lower() == self.defect_word.strip().lower():
-            raise ValueError("vlm.pass_word and vlm.defect_word must differ")
-        if not isinstance(self.image_type_names, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v.strip()
-            for k, v in self.image_type_names.items()
-        ):
-            raise ValueError("vlm.image_type_names: must map DST and RAW to names, e.g. CYLN_DST")
-        self.image_type_names = {k.upper(): v for k, v in self.image_type_names.items()}
+            raise FieldError(("pass_word", "defect_word"), "pass_word and defect_word must differ")
+        if not all(v.strip() for v in self.image_type_names.values()):
+            raise FieldError("image_type_names", "must map DST and RAW to names, e.g. CYLN_DST")
         missing = [t for t in IMAGE_TYPES if t not in self.image_type_names]
         if missing:
-            raise ValueError(f"vlm.image_type_names: missing {', '.join(missing)}")
-        if not isinstance(self.defect_modes, list) or not all(
-            isinstance(m, str) and m.strip() for m in self.defect_modes
-        ):
-            raise ValueError("vlm.defect_modes: must be a list of non-empty strings")
+            raise FieldError("image_type_names", f"missing {', '.join(missing)}")
+        if not all(m.strip() for m in self.defect_modes):
+            raise FieldError("defect_modes", "must be a list of non-empty strings")
         if len({m.strip().lower() for m in self.defect_modes}) != len(self.defect_modes):
-            raise ValueError("vlm.defect_modes: contains duplicates")
+            raise FieldError("defect_modes", "contains duplicates")
         if self.one_shot and (not self.one_shot_image or not self.one_shot_address):
-            raise ValueError("vlm.one_shot: needs one_shot_image and one_shot_address")
+            raise FieldError(("one_shot", "one_shot_image", "one_shot_address"),
+                             "one_shot needs one_shot_image and one_shot_address")
         if self.one_shot and self.images != "pair":
-            raise ValueError("vlm.one_shot: the source documents' 1-shot example is for pair mode")
+            raise FieldError(("one_shot", "images"),
+                             "the source documents' 1-shot example (one_shot) is for pair mode")
 
     # --- derived ---------------------------------------------------------------------------
 
@@ -290,3 +251,51 @@ class VlmSettings:
     def type_name(self, image_type: str | None = None) -> str:
         """The answer's image type name, e.g. ``CYLN_DST``."""
         return self.image_type_names[(image_type or self.image_type).upper()]
+
+
+class HasVlmSection(Protocol):
+    """A loaded file with a ``vlm:`` section: the recipe's settings, the station config."""
+
+    @property
+    def vlm(self) -> Overrides[VlmSettings]: ...
+
+
+def effective_vlm_settings(recipe: HasVlmSection, config: HasVlmSection | None = None,
+                           cli: Mapping[str, Any] | None = None, *,
+                           check_model: bool = True) -> VlmSettings:
+    """The one place the VLM settings are put together: defaults, overridden key by key by the
+    recipe's ``vlm:`` (``recipe``: a RecipeSettings), then the station config's ``vlm:``
+    (``config``), then command-line flags (``cli``, e.g. ``{"enabled": True, "model_dir": DIR}``
+    for ``--vlm DIR``).  Relative paths are taken relative to the file that gives them.
+
+    With ``check_model`` and the judge enabled, the model folder must exist and hold a
+    ``config.json`` (or a LoRA ``adapter_config.json``).  Every problem is a ConfigError naming
+    the file:line of the layer that set the offending key (exit 78).
+    """
+    layers = [recipe.vlm]
+    if config is not None:
+        layers.append(config.vlm)
+    if cli:
+        layers.append(Overrides.from_mapping(VlmSettings, cli, "command line", key_path=("vlm",)))
+    layers = [layer.with_resolved_paths(PATH_KEYS) for layer in layers]
+    settings = merge_overrides(VlmSettings, layers)
+    if settings.enabled and check_model:
+        _check_model_folder(settings, layers)
+    return settings
+
+
+def _check_model_folder(settings: VlmSettings, layers: list[Overrides[VlmSettings]]) -> None:
+    """An enabled judge needs an existing local model folder with a config.json."""
+    if not settings.model_dir:
+        at = last_given(layers, "enabled") or layers[-1]
+        raise ConfigError("vlm.enabled is true but vlm.model_dir is not set (the VLM judge needs "
+                          "a local model folder)", at.where("enabled"))
+    at = last_given(layers, "model_dir") or layers[-1]
+    folder = Path(settings.model_dir)
+    if not folder.exists():
+        raise ConfigError(f"vlm.model_dir: model folder {folder} not found", at.where("model_dir"))
+    if not folder.is_dir():
+        raise ConfigError(f"vlm.model_dir: {folder} is not a folder", at.where("model_dir"))
+    if not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()):
+        raise ConfigError(f"vlm.model_dir: {folder} has no config.json (not a model folder)",
+                          at.where("model_dir"))
