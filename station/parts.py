@@ -11,7 +11,8 @@ from station.recorder import Recorder
 
 @dataclass
 class StationParts:
-    """A started-to-be camera, the Inspector with its judges, and the recorder (if recording)."""
+    """The camera (created, not started), the Inspector with its judges, and the recorder
+    (None when recording is off)."""
 
     camera: LiveSource
     inspector: Inspector
