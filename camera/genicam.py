@@ -519,6 +519,8 @@ class GenicamCamera:
             self._configure(cam)
             stream = self._open_stream(arv, cam)
             cam.start_acquisition()
+            if self.trigger == "software":
+                self._warm_up(cam, stream)
             with self._io_lock:
                 self._camera = cam
             log.info("%s: acquiring (%s, %s, trigger %s)", self.source_id,
@@ -536,6 +538,16 @@ class GenicamCamera:
             with contextlib.suppress(Exception):
                 device.disconnect(handler)
             del stream, cam, device  # Aravis closes the sockets when the objects go
+
+    def _warm_up(self, cam: Any, stream: Any) -> None:
+        """One frame fired and thrown away before the first part: Aravis sizes the stream's
+        socket buffer only when a frame begins, so a new stream's first frame of a burst loses
+        packets (seen with every new connection to the fake GigE Vision camera)."""
+        with self._transfer("software trigger"):
+            cam.software_trigger()
+        buf = stream.timeout_pop_buffer(int(self.read_timeout * 1e6))
+        if buf is not None:
+            stream.push_buffer(buf)
 
     def _on_control_lost(self, *_: object) -> None:
         """Aravis's heartbeat thread: the camera stopped answering."""
@@ -646,6 +658,8 @@ class GenicamCamera:
                 cam.get_integer("Width")
             except Exception as exc:
                 raise _Lost(f"camera does not answer: {_glib_message(exc)}") from None
+        if self._up is False and self.trigger != "free_run":  # the watchdog saw a slow answer
+            self._set_health(True, "camera answers again")
 
     def _handle(self, arv: Any, buf: Any) -> None:
         status = buf.get_status()

@@ -100,6 +100,8 @@ def test_list_and_grab_write_frames_of_the_fake_camera(tmp_path: Path, fake: Fak
     assert len({im.tobytes() for im in images}) == 5
     assert p.stdout.split() == [str(f) for f in files]
 
+
+def test_grab_of_a_missing_camera_is_a_one_line_error(tmp_path: Path) -> None:
     missing = station("camera", "grab", "genicam://Aravis-Fake-NOPE", "-n", "1", "-o",
                       str(tmp_path / "none"), "--timeout", "2")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
@@ -251,3 +253,35 @@ def test_station_on_the_fake_camera_free_run_down_and_up(tmp_path: Path,
         until("camera_up", 20.0)
         after = c.results(3, 10.0)
         assert len(after) == 3 and any(r["verdict"] != "error" for r in after)
+
+
+@pytest.mark.slow
+def test_software_trigger_camera_lost_and_back(fake: FakeCamera) -> None:
+    """No frames flow between software triggers: the loss is seen by the register probe (or the
+    heartbeat), the parts meanwhile are camera_down errors, the camera is re-opened when back."""
+    events, on_health = _health_log()
+    cam = GenicamCamera(DEVICE, trigger="software", read_timeout=1.0, reconnect_initial=0.2,
+                        reconnect_max=1.0, on_health=on_health)
+    with cam:
+        deadline = time.monotonic() + 10
+        while not cam.is_up and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cam.read_latest(2.0, after_ts=time.time()).ok
+        fake.kill()
+        t_kill = time.monotonic()
+        while cam.is_up and time.monotonic() - t_kill < 10:
+            time.sleep(0.05)
+        t_down = time.monotonic() - t_kill
+        assert not cam.is_up and t_down < 4.0, t_down
+        lost = cam.read_latest(1.0, after_ts=time.time())
+        assert not lost.ok and lost.error.startswith("camera_down")
+        fake.start()
+        deadline = time.monotonic() + 20
+        while not cam.is_up and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cam.is_up, cam.reason
+        back = cam.read_latest(2.0, after_ts=time.time())
+        assert back.ok, back.error
+    ups = [up for _, up, _ in events]
+    assert ups[:3] == [True, False, True]
+    print(f"\nsoftware trigger: camera_down {t_down:.2f} s after the fake camera was killed")
