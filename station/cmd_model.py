@@ -142,8 +142,23 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+TORCH_HINT = ("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu, "
+              "then pip install -e '.[vlm]' (README, \"Try it\")")
+
+
+def require_torch(command: str) -> None:
+    """One line (ConfigError, exit 78) instead of a ModuleNotFoundError traceback when the VLM
+    extra is not installed."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{command} needs torch (the vlm extra), not installed here: "
+                          f"{TORCH_HINT}") from None
+
+
 def run_check(args: argparse.Namespace) -> int:
     """``station model check DIR``: 0 when the model serves, 78 (ConfigError) when it cannot."""
+    require_torch("station model check")
     report = check(args)
     if args.json:
         print(json.dumps(report, default=str))
@@ -182,8 +197,9 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_tiny(args: argparse.Namespace) -> int:
     """``station model tiny DIR``: write the model; print where and what."""
+    require_torch("station model tiny")
     try:
-        from pipeline.vlm.tiny import write_tiny_model
+        from station.modeltools.tiny import write_tiny_model
     except ImportError as exc:
         raise ConfigError(f"model tiny needs the VLM extra (torch, transformers): {exc}") from exc
     try:

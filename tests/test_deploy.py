@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,6 +110,88 @@ def test_install_script_is_idempotent_and_keeps_the_operators_config(tmp_path: P
     assert bad.returncode == 2
 
 
+def _show_pip(*extras: str) -> str:
+    args = [str(INSTALL), "--show-pip"] + (["--extras", ",".join(extras)] if extras else [])
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_gpu_install_drops_the_cpu_torch_pin_and_cpu_installs_keep_it() -> None:
+    """The constraints pip gets: the same versions everywhere, torch's ``+cpu`` build (and the
+    PyTorch CPU index) only where no GPU is wanted."""
+    pinned = {line.split("==")[0]: line.split("==")[1]
+              for line in (ROOT / "constraints.txt").read_text().split() if "==" in line}
+    assert pinned["torch"].endswith("+cpu")
+
+    gpu = _show_pip("gpu")
+    gpu_pins = [line.strip() for line in gpu.splitlines()[2:]]
+    assert "torch==" + pinned["torch"].removesuffix("+cpu") in gpu_pins
+    assert not any("+cpu" in line for line in gpu_pins)
+    assert "download.pytorch.org/whl/cpu" not in gpu and "[gpu]" in gpu.splitlines()[0]
+    assert len(gpu_pins) == len(pinned)  # every other pin kept
+
+    vlm = _show_pip("vlm")
+    assert f"-c {ROOT / 'constraints.txt'}" in vlm.splitlines()[0]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in vlm.splitlines()[0]
+    assert f"torch=={pinned['torch']}" in vlm
+    plain = _show_pip()
+    assert "download.pytorch.org" not in plain  # no torch in a metric-only install
+    cu = subprocess.run([str(INSTALL), "--show-pip", "--extras", "gpu", "--torch-index",
+                         "https://download.pytorch.org/whl/cu128"], capture_output=True,
+                        text=True, timeout=60)
+    assert "--extra-index-url https://download.pytorch.org/whl/cu128" in cu.stdout
+
+
+def test_start_is_refused_until_check_config_passes(tmp_path: Path,
+                                                    synthetic_recipe: Any) -> None:
+    """``--start`` runs ``station check-config`` on the installed station.yaml first: the
+    example names a recipe that does not exist yet, so it is refused (exit 78, the error with
+    file:line); once the config points at a real recipe it passes."""
+    stage = tmp_path / "root"
+    station_bin = shutil.which("station", path=str(Path(sys.executable).parent))
+    assert station_bin, "the venv's station script"
+    env = {**os.environ, "STATION_BIN": station_bin}
+    run = [str(INSTALL), "--root", str(stage), "--no-venv", "--start"]
+    refused = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
+    assert refused.returncode == 78, refused.stdout + refused.stderr
+    cfg = stage / "etc/inspection-station/station.yaml"
+    assert f"{cfg}:" in refused.stderr and "recipe" in refused.stderr  # check-config's file:line
+    assert "not starting" in refused.stderr
+    assert "Next steps" in refused.stdout and "camera grab" in refused.stdout
+
+    recipe = tmp_path / "pins"
+    shutil.copytree(synthetic_recipe.folder, recipe)
+    cfg.write_text(cfg.read_text().replace("/etc/inspection-station/recipes/pins", str(recipe)))
+    ok = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "not starting" not in ok.stderr and ok.stdout.rstrip().endswith("== done")
+
+
+def test_license_is_mit_as_pyproject_says() -> None:
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License")
+    assert "Copyright (c) 2026 the inspection-station authors" in text
+    assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize("args", [["model", "tiny", "{tmp}/tiny"],
+                                  ["model", "check", "{tmp}"]])
+def test_model_commands_without_torch_print_one_line(tmp_path: Path, args: list[str]) -> None:
+    """A venv without the vlm extra: ``import torch`` fails (here: blocked in sys.modules, as
+    Python does for a missing module); one line on stderr, exit 78, no traceback."""
+    (tmp_path / "config.json").write_text("{}")
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from station.cli import main\nsys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, *[a.format(tmp=tmp_path) for a in args]],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 78, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "needs torch" in lines[0] and "pip install torch==2.13.0" in lines[0]
+
+
 def test_bad_config_exits_78(tmp_path: Path) -> None:
     """systemd's RestartPreventExitStatus=78 relies on it: a config mistake is not restarted."""
     cfg = tmp_path / "station.yaml"
@@ -179,4 +262,9 @@ def test_install_script_builds_a_working_venv(tmp_path: Path) -> None:
     station = stage / "opt/inspection-station/venv/bin/station"
     out = subprocess.run([str(station), "--version"], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "station 0.1.0"
+    # no vlm extra in this venv: `station model` says so in one line
+    tiny = subprocess.run([str(station), "model", "tiny", str(tmp_path / "tiny")],
+                          capture_output=True, text=True, timeout=120)
+    assert tiny.returncode == 78 and "Traceback" not in tiny.stderr, tiny.stderr
+    assert len(tiny.stderr.strip().splitlines()) == 1 and "needs torch" in tiny.stderr
     assert not (ROOT / "build").exists()  # nothing written into the source tree
