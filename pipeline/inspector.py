@@ -14,6 +14,7 @@ pairs) is evaluation-only and lives in :mod:`station.golden_switch`.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -93,8 +94,7 @@ class Inspector:
         self.photometric = recipe.make_photometric()
         self.transform = recipe.make_transform()
         self.cell_scorer = recipe.make_cell_scorer()
-        self.thresholds: dict[str, float] = {
-            a: float(t) for a, t in recipe.settings.thresholds.items()}
+        self.thresholds = _checked_thresholds(recipe.settings.thresholds)
         self._golden_metric: np.ndarray | None = None
         models = [m for m in (getattr(j, "model_name", None) for j in self.judges) if m]
         self.model_name: str | None = "; ".join(models) if models else None
@@ -256,6 +256,17 @@ class Inspector:
             return JudgeResult(judge.name, Verdict.ERROR,
                                reason=f"judge_failed: returned {type(result).__name__}")
         return result
+
+
+def _checked_thresholds(thresholds: dict[str, float]) -> dict[str, float]:
+    """The recipe's per-cell thresholds as floats; ValueError for one that is not > 0."""
+    out: dict[str, float] = {}
+    for a, t in thresholds.items():
+        t = float(t)
+        if not math.isfinite(t) or t <= 0:
+            raise ValueError(f"threshold for {a!r} must be a positive number, got {t}")
+        out[a] = t
+    return out
 
 
 def _join(texts: list[tuple[str, str]]) -> str | None:

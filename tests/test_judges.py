@@ -203,6 +203,10 @@ def test_golden_switch_builds_each_golden_once(tmp_path: Path, synthetic_recipe:
     assert switch.inspector_for(frame(g1)) is not first  # LRU of one: g1 was evicted
     r = switch.inspect(frame(g1), part_id="p1")
     assert r.verdict in (Verdict.PASS, Verdict.DEFECT) and r.recipe == synthetic_recipe.short_hash
+    # judged with the thresholds fitted for that golden (the judges take them from the context)
+    own_thresholds = switch.inspector_for(frame(g1)).thresholds
+    assert own_thresholds != base.thresholds
+    assert set(r.addresses) == {a for a, v in r.cell_scores.items() if v > own_thresholds[a]}
 
     blank = tmp_path / "blank.png"
     import cv2

@@ -8,6 +8,8 @@ align, photometric normalisation, NSOARTC distance ``D``, cell scores, metric im
 them to every judge in a :class:`JudgeContext`; judges run in the configured order.  A judge must
 not raise for a bad part: it returns an ``error`` (or ``uncertain``) result with a reason (should
 one raise anyway, the Inspector turns the part into an ``error``; never a pass).
+Per-part recipe data (golden, grid, thresholds) comes from the context, not from the recipe the
+judge was built with: evaluation judges frames against goldens of their own with the same judges.
 Judge-specific figures go into ``JudgeResult.details`` (they reach events and reports);
 ``JudgeResult.prompt`` / ``raw_answer`` reach only the recorder.
 

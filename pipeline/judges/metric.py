@@ -62,6 +62,9 @@ class MetricJudge:
 
     Fail-safe: a non-finite score counts as a defect.  A scored cell without a threshold uses
     ``default`` (``ValueError`` at judging time when there is none: a recipe mismatch).
+    ``judge(ctx)`` compares with the thresholds of the recipe the part is judged against
+    (``ctx.thresholds``), so one MetricJudge serves every golden of an evaluation;
+    ``judge_scores`` uses the thresholds given here unless told otherwise.
     """
 
     name = "metric"
@@ -80,15 +83,18 @@ class MetricJudge:
     def judge(self, ctx: JudgeContext) -> JudgeResult:
         """Verdict for the part of ``ctx`` from its cell scores; ``details`` adds the alignment
         score."""
-        result = self.judge_scores(ctx.cell_scores)
+        result = self.judge_scores(ctx.cell_scores, ctx.thresholds)
         result.details["align_score"] = round(float(ctx.align_score), 4)
         return result
 
-    def judge_scores(self, cell_scores: Mapping[str, float]) -> JudgeResult:
-        """Verdict for one part from its cell scores (``judge="metric"``)."""
+    def judge_scores(self, cell_scores: Mapping[str, float],
+                     thresholds: Mapping[str, float] | None = None) -> JudgeResult:
+        """Verdict for one part from its cell scores (``judge="metric"``) against ``thresholds``
+        (default: this judge's)."""
+        thresholds = self.thresholds if thresholds is None else thresholds
         defects: list[Defect] = []
         for a, s in cell_scores.items():
-            thr = self.thresholds.get(a, self.default)
+            thr = thresholds.get(a, self.default)
             if thr is None:
                 raise ValueError(f"no threshold for cell {a!r} (recipe and grid disagree)")
             s = float(s)
