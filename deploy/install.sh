@@ -22,7 +22,8 @@
 #      when it passes (the example config names a recipe that does not exist yet)
 #
 # --root DIR stages everything under DIR instead of / (packaging, tests): no user is created,
-# nothing is chowned, systemctl is not called.
+# nothing is chowned, systemctl is not called.  STATION_BIN=EXE: the station that --start's
+# check-config runs (default: the venv's; for --no-venv).
 set -euo pipefail
 cleanup=()
 trap 'rm -rf "${cleanup[@]}"' EXIT
@@ -45,12 +46,13 @@ CACHE_DIR=/var/cache/inspection-station
 UNIT_NAME=inspection-station.service
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
   cat <<EOF
 Options:
   --prefix DIR       install prefix (default $PREFIX)
   --user NAME        service user (default $SVC_USER)
-  --extras LIST      pip extras, e.g. gpu or vlm (default: none, CPU metric judge only)
+  --extras LIST      pip extras, comma-separated: gpu, vlm, genicam (default: none, CPU metric
+                     judge only)
   --wheelhouse DIR   install offline from wheels in DIR (pip --no-index --find-links)
   --python EXE       interpreter for the venv (default $PYTHON)
   --root DIR         stage under DIR (no user, no chown, no systemctl)
