@@ -29,8 +29,8 @@ from pipeline.base.frames import Frame  # noqa: E402
 from pipeline.inspector import Inspector  # noqa: E402
 from pipeline.judges.metric import MetricJudge  # noqa: E402
 from pipeline.judges.vlm import VlmPartJudge  # noqa: E402
-from pipeline.vlm.tiny import write_tiny_model  # noqa: E402
 from station.demo.line import build_demo_recipe  # noqa: E402
+from station.modeltools.tiny import write_tiny_model  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float | None:
