@@ -15,6 +15,7 @@ from support.cli import station
 from pipeline.recipe import Recipe
 
 
+@pytest.mark.slow
 def test_golden_build_then_replay_with_report(tmp_path: Path, synthetic_line: Path) -> None:
     line = synthetic_line.parent
     # good frames: the pass rows of the manifest (the CLI skips defect rows)
@@ -130,6 +131,7 @@ def test_eval_manifest_layout(tmp_path: Path, synthetic_line: Path,
     assert json.loads((tmp_path / "rep" / "report.json").read_text()) == summary
 
 
+@pytest.mark.slow
 def test_demo_serve_answers_triggers(tmp_path: Path, synthetic_recipe: Recipe) -> None:
     """``station demo --serve``: a live station on the synthetic line (ports from --config)."""
     import socket

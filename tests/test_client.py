@@ -434,10 +434,10 @@ def test_curve_keys_from_pyzmq_certificate_files(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ real station
 @pytest.mark.slow
 def test_real_station_gap_after_dropped_connection_kill_9_and_restart(tmp_path: Path) -> None:
-    from station.bench_events import StationProcess, synthetic_recipe, write_config
-    from station.demo.line import write_part_frames
+    from station.bench.events import StationProcess, write_config
+    from station.demo.line import build_demo_recipe, write_part_frames
 
-    recipe = synthetic_recipe(tmp_path / "recipe")
+    recipe = build_demo_recipe(tmp_path, n_train=8).folder
     frames = write_part_frames(tmp_path / "frames", 4)
     state = tmp_path / "state"
     cfg = write_config(tmp_path / "station.yaml", recipe=recipe, state_dir=state,

@@ -31,6 +31,7 @@ def test_model_without_subcommand_prints_usage(capsys):
     assert "check" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.vlm
 @pytest.mark.parametrize("family", ["qwen2_vl", "mllama", "llava"])
 def test_tiny_then_check(tmp_path, capsys, family):

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from station.bench.events import StationClient, StationProcess, write_config
 from station.demo.line import build_demo_recipe, write_part_frames
 
 
+@pytest.mark.slow
 def test_live_parts_replay_bit_for_bit_to_the_same_verdicts(tmp_path: Path) -> None:
     recipe = build_demo_recipe(tmp_path, n_train=8).folder
     frames = write_part_frames(tmp_path / "frames", 8, defect_every=2)

@@ -22,6 +22,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.vlm
 @pytest.mark.parametrize("mode", ["scored", "generate"])
 def test_replay_carries_the_vlm_verdict_for_every_part(tmp_path: Path, synthetic_line: Path,
