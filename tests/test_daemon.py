@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.stream import FFMPEG, MjpegServer
 
 from camera.synthetic import LineSpec, SyntheticCamera
 from pipeline.inspector import Inspector
@@ -30,8 +31,6 @@ from station.daemon import StationDaemon
 from station.demo.line import write_part_frames
 from station.journal import decode_line
 from station.notify import Notifier
-
-FFMPEG = shutil.which("ffmpeg")
 
 
 @pytest.fixture(scope="module")
@@ -482,35 +481,6 @@ def test_hung_pipeline_stops_the_watchdog_but_not_the_heartbeat(
 
 
 # ---------------------------------------------------------------------------------- live stream
-class _Ffmpeg:
-    def __init__(self, pattern: str, port: int) -> None:
-        self.pattern, self.port = pattern, port
-        self.url = f"http://127.0.0.1:{port}/cam.mjpg"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert FFMPEG
-        self.proc = subprocess.Popen(
-            [FFMPEG, "-nostdin", "-loglevel", "error", "-re", "-framerate", "15", "-loop", "1",
-             "-i", self.pattern, "-c:v", "mjpeg", "-q:v", "2", "-f", "mpjpeg", "-listen", "1",
-             self.url], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 10
-        hexport = f":{self.port:04X}"
-        while time.monotonic() < end:
-            assert self.proc.poll() is None, "ffmpeg exited"
-            tcp = Path("/proc/net/tcp").read_text().splitlines()[1:]
-            if any(x.split()[1].endswith(hexport) and x.split()[3] == "0A" for x in tcp):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("ffmpeg did not listen")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 @pytest.fixture
 def good_frames(tmp_path: Path) -> str:
     return write_part_frames(tmp_path / "good", 8, seed=7, defect_every=0)
@@ -522,7 +492,7 @@ def test_live_stream_outage_through_the_daemon(tmp_path: Path, recipe: Path,
     """ffmpeg MJPEG/HTTP stream → LiveCamera → daemon.  Stopping the server raises camera_down
     within 5 s, triggered parts are errors (never pass) while down, restarting brings
     camera_up and inspections back."""
-    ff = _Ffmpeg(good_frames, free_ports(1)[0])
+    ff = MjpegServer(free_ports(1)[0], pattern=good_frames, path="/cam.mjpg", quality=2)
     ff.start()
     stream: list[tuple[float, str, dict[str, Any]]] = []
     try:

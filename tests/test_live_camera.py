@@ -3,10 +3,7 @@ an image sequence, and sources that cannot be opened.  No mocks: real sockets, r
 
 from __future__ import annotations
 
-import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,74 +12,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from support.stream import MjpegServer, needs_ffmpeg
 
 from camera.live import LiveCamera, classify_source, mask_credentials
-
-FFMPEG = shutil.which("ffmpeg")
-needs_ffmpeg = pytest.mark.skipif(
-    FFMPEG is None, reason="ffmpeg not installed (apt-get install ffmpeg)")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class StreamServer:
-    """ffmpeg serving a 320x240 test pattern at 15 fps as MJPEG over HTTP (one client)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}/"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert FFMPEG is not None
-        self.proc = subprocess.Popen(
-            [FFMPEG, "-nostdin", "-loglevel", "error", "-re",
-             "-f", "lavfi", "-i", "testsrc=size=320x240:rate=15",
-             "-c:v", "mjpeg", "-q:v", "5", "-f", "mpjpeg", "-listen", "1", self.url],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        # wait until it listens (bounded)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ffmpeg exited with {self.proc.returncode}")
-            if _listening(self.port):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("ffmpeg did not start listening")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL also ends a SIGSTOPped process
-            self.proc.wait(5)
-        self.proc = None
-
-
-def _listening(port: int) -> bool:
-    """True when something listens on 127.0.0.1:port, or has already accepted its one client
-    there (checked via /proc, no connection made: the one-client ffmpeg server must not be
-    consumed by the probe, and a reconnecting camera may take it between two probes)."""
-    hexport = f":{port:04X}"
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if parts[1].endswith(hexport) and parts[3] in ("0A", "01"):  # LISTEN, ESTABLISHED
-                return True
-    return False
+from station.bench.events import free_ports
 
 
 @pytest.fixture
-def server() -> Iterator[StreamServer]:
-    srv = StreamServer(free_port())
+def server() -> Iterator[MjpegServer]:
+    srv = MjpegServer(free_ports(1)[0])
     try:
         yield srv
     finally:
@@ -315,7 +253,7 @@ def test_image_sequence_pattern(tmp_path, make_camera):
 @pytest.mark.parametrize("source", ["/dev/video99", "http://127.0.0.1:{port}/", "missing.avi",
                                     "rtsp://user:secret@127.0.0.1:{port}/cam"])
 def test_unopenable_source_is_down_with_reason(source, tmp_path, make_camera):
-    source = source.format(port=free_port())
+    source = source.format(port=free_ports(1)[0])
     if source == "missing.avi":
         source = str(tmp_path / source)
     events = Events()
