@@ -7,12 +7,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from support.stream import MjpegServer, needs_ffmpeg
+from support.video import write_mjpeg_avi
 
 from camera.live import LiveCamera, classify_source, mask_credentials
 from station.bench.events import free_ports
@@ -171,18 +171,10 @@ def test_stalled_stream_is_down_by_read_timeout(server, make_camera, capsys):
 
 
 # --------------------------------------------------------------------------- files
-def _write_avi(path: Path, n: int, fps: float) -> None:
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
-    assert w.isOpened()
-    for i in range(n):
-        w.write(np.full((48, 64, 3), 20 + 10 * i, np.uint8))
-    w.release()
-
-
 def test_video_file_behaves_like_a_camera(tmp_path, make_camera):
     """EOF → down (end_of_stream); the reconnect loop re-opens it → up again."""
     path = tmp_path / "clip.avi"
-    _write_avi(path, 10, 20.0)  # 0.5 s
+    write_mjpeg_avi(path, 10, 20.0)  # 0.5 s
     events = Events()
     cam = make_camera(str(path), reconnect_initial=0.3, reconnect_max=0.3, on_health=events)
     events.wait_for(True, 3)
@@ -198,7 +190,7 @@ def test_video_file_behaves_like_a_camera(tmp_path, make_camera):
 
 def test_video_file_loop_never_goes_down(tmp_path, make_camera):
     path = tmp_path / "clip.avi"
-    _write_avi(path, 5, 25.0)  # 0.2 s per pass
+    write_mjpeg_avi(path, 5, 25.0)  # 0.2 s per pass
     events = Events()
     cam = make_camera(str(path), loop=True, on_health=events)
     frames = _frames(cam, 20, timeout=5)  # ≥ 4 passes through the file
@@ -212,7 +204,7 @@ def test_watchdog_declares_down_without_a_failed_read(tmp_path, make_camera):
     0.5 fps): the watchdog alone says down, and the next frame brings it back up without
     a reconnect."""
     path = tmp_path / "slow.avi"
-    _write_avi(path, 5, 25.0)
+    write_mjpeg_avi(path, 5, 25.0)
     events = Events()
     cam = make_camera(str(path), fps=0.5, read_timeout=0.5, on_health=events)
     t_up, _, _ = events.wait_for(True, 3)

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from support.deeppcb import DEEPPCB
+from support.video import write_mjpeg_avi
 
 from camera.deeppcb import DeepPcbSource, parse_boxes
 from camera.replay import (
@@ -104,19 +105,9 @@ def test_read_image_normalises_depth_and_alpha(tmp_path):
 # video
 
 
-def _write_video(path: Path, n: int = 8) -> None:
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
-    assert w.isOpened()
-    for i in range(n):
-        img = np.full((48, 64, 3), 20 + 25 * i, np.uint8)
-        cv2.putText(img, str(i), (20, 35), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
-        w.write(img)
-    w.release()
-
-
 def test_video_file_is_read_back(tmp_path):
     path = tmp_path / "line.avi"
-    _write_video(path, 8)
+    write_mjpeg_avi(path, 8)
     src = open_replay_source(path)
     assert isinstance(src, VideoFileSource)
     frames = list(src)
