@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from camera.claims import FrameClaim, FrameClaims
 from camera.registry import SourceOptions, register_source
 from camera.replay import open_replay_source
 from camera.source import HealthCallback
@@ -79,6 +80,7 @@ class FilesCamera:
         self._latest: Frame | None = None
         self._grab_seq = 0
         self._returned_seq = 0
+        self._claims = FrameClaims()  # triggers waiting for the first frame played after them
         self._health_lock = threading.Lock()
         self._up: bool | None = None
         self._reason = "not started"
@@ -126,6 +128,11 @@ class FilesCamera:
         with self._health_lock:
             self._on_health = callback
 
+    def claim_frame(self, after_ts: float, until_ts: float) -> FrameClaim:
+        """Keep the first frame played in ``[after_ts, until_ts]`` for the caller (a trigger
+        that may wait in a queue): see :mod:`camera.claims`."""
+        return self._claims.claim(after_ts, until_ts)
+
     @property
     def is_up(self) -> bool:
         """True while frames are being played."""
@@ -141,6 +148,7 @@ class FilesCamera:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        self._claims.end_all("camera closed")
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(5.0)
@@ -204,9 +212,10 @@ class FilesCamera:
     def _publish(self, frame: Frame) -> None:
         with self._cond:
             self._grab_seq += 1
-            self._latest = replace(frame, seq=self._grab_seq, ts=time.time(),
-                                   source_id=self.source_id)
+            latest = self._latest = replace(frame, seq=self._grab_seq, ts=time.time(),
+                                            source_id=self.source_id)
             self._cond.notify_all()
+        self._claims.offer(latest)
 
     def _set_health(self, up: bool, reason: str) -> None:
         with self._health_lock:

@@ -17,12 +17,22 @@ thread declares the camera down when no frame arrived for ``read_timeout`` secon
 backend does, and replaces a reader thread stuck inside OpenCV (a backend that ignores the
 timeouts) with a fresh one.  Nothing raises out of these threads: failures are logged and become
 health transitions.
+
+Decoding (one decoder, strict: :mod:`pipeline.base.imageio`): an image-sequence pattern or a
+single image file is not handed to OpenCV/FFmpeg (whose image2 reader repairs a truncated JPEG
+into a picture) but read file by file with the project's decoder, so a damaged file becomes a
+``corrupt_frame`` error frame, as in replay.  An FFmpeg source (stream or video file) whose codec
+is MJPEG is read in raw mode (``CAP_PROP_FORMAT=-1``: each read gives the JPEG's bytes) and
+decoded by the same decoder.  Other codecs (H.264, …) and devices are decoded by OpenCV's
+backend, which conceals damage it cannot report: a documented limitation.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
+import statistics
 import sys
 import threading
 import time
@@ -34,9 +44,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from camera.claims import FrameClaim, FrameClaims
+from camera.files import sequence_files
 from camera.registry import Reconnect, SourceOptions, register_source
+from camera.replay import IMAGE_EXTENSIONS, raw_mjpeg, read_strict
 from camera.source import HealthCallback
 from pipeline.base.frames import Frame
+from pipeline.base.imageio import FrameReadError, read_image
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +156,10 @@ class LiveCamera:
         self._grab_seq = 0          # seq of the newest grabbed frame
         self._returned_seq = 0      # seq of the last frame read_latest returned
         self._last_frame_mono = 0.0
+        self._claims = FrameClaims()  # triggers waiting for the first frame captured after them
+        self._captured_lb = 0.0       # capture-time lower bound of the newest stream frame
+        self._intervals: collections.deque[float] = collections.deque(maxlen=16)
+        self._last_frame_wall = 0.0
 
         # health, guarded by _health_lock (held while the callback runs: callbacks stay ordered)
         self._health_lock = threading.Lock()
@@ -213,6 +231,11 @@ class LiveCamera:
         with self._health_lock:
             self.on_health = callback
 
+    def claim_frame(self, after_ts: float, until_ts: float) -> FrameClaim:
+        """Keep the first frame captured in ``[after_ts, until_ts]`` for the caller (a trigger
+        that may wait in a queue): see :mod:`camera.claims`."""
+        return self._claims.claim(after_ts, until_ts)
+
     @property
     def is_up(self) -> bool:
         """True while frames flow (up), False before the first frame and while down."""
@@ -246,6 +269,7 @@ class LiveCamera:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        self._claims.end_all("camera closed")
         wait = self.open_timeout + self.read_timeout + 2.0
         for t in (self._watchdog, self._reader):
             if t is not None and t is not threading.current_thread():
@@ -377,6 +401,14 @@ class LiveCamera:
         self._set_op(gen, "open")
         self._count("opens")
         kind, target = self.kind, self._target
+        if self.backend is None and is_image_files(kind, target):
+            files = ImageFiles.open(str(target))
+            self._set_op(gen, None)
+            if files is None:
+                self._count("open_failures")
+                return None, f"open failed: no image file matches {target}"
+            log.info("%s: opened (%d image files, strict decoder)", self.source_id, len(files))
+            return files, ""
         params: list[int] = []
         if self.backend is not None:
             backend = self.backend
@@ -414,6 +446,8 @@ class LiveCamera:
         except Exception:
             name = "?"
         log.info("%s: opened (%s backend)", self.source_id, name)
+        if kind != "device" and name == "FFMPEG" and raw_mjpeg(cap):
+            log.info("%s: MJPEG read raw, decoded strictly", self.source_id)
         if kind == "device":
             self._apply_settings(cap)
         return cap, ""
@@ -462,10 +496,22 @@ class LiveCamera:
         next_due = time.monotonic()
         while self._alive(gen):
             self._set_op(gen, "read")
-            ok, image = cap.read()
+            t_read = time.time()
+            ok, image, error = _read(cap)
             self._set_op(gen, None)
             if not self._alive(gen):
                 break
+            if error is not None:  # a frame came, but damaged: that moment's frame is an error
+                self._count("corrupt_frames")
+                self._publish(None, self._capture_ts(t_read, got), error=error)
+                got = True
+                if self._up is not True:
+                    self._set_health(True, "frames flowing (the first one damaged)")
+                if pace:
+                    next_due = max(next_due + pace, time.monotonic() - pace)
+                    if self._stop.wait(max(0.0, next_due - time.monotonic())):
+                        break
+                continue
             if not ok or image is None or image.size == 0:
                 self._count("read_failures")
                 if self.kind == "file":
@@ -473,7 +519,7 @@ class LiveCamera:
                         return got, "loop"
                     return got, "end_of_stream" if got else "no frame could be read"
                 return got, "read failed (stream ended or timed out)"
-            self._publish(np.ascontiguousarray(image))
+            self._publish(np.ascontiguousarray(image), self._capture_ts(t_read, got))
             got = True
             if self._up is not True:  # first frame of this connection, or back after a stall
                 h, w = image.shape[:2]
@@ -484,14 +530,105 @@ class LiveCamera:
                     break
         return got, "closed"
 
-    def _publish(self, image: np.ndarray) -> None:
+    def _capture_ts(self, t_read: float, connected: bool) -> float:
+        """A lower bound of when the frame just read was captured (wall-clock seconds).
+
+        File sources are played at their pace: a frame is "captured" when it is read.  A
+        device or a stream can hand out frames that waited in a buffer (the kernel's socket or
+        V4L2 queue, the backend's) while the reader was behind or the source had frozen: such a
+        frame comes out of a read that did not have to wait, and its capture time is unknown
+        except that it is not later than the moment the reader last caught up.  A read that
+        waited for data (at least half the usual interval between frames) had caught up, so its
+        frame was captured after the read began.  A trigger is given a frame only when this
+        bound is after the trigger, so a buffered frame can never stand in for its part.
+        """
         now = time.time()
+        if self.kind == "file":
+            return now
+        waited = now - t_read
+        usual = statistics.median(self._intervals) if len(self._intervals) >= 4 else 0.0
+        # first frame of a connection, or a read that waited for the source: captured after
+        # the read began; else a buffered frame: no later than the last such bound
+        lb = t_read if not connected or waited >= 0.5 * usual else self._captured_lb
+        if connected and self._last_frame_wall:
+            self._intervals.append(now - self._last_frame_wall)
+        self._last_frame_wall = now
+        self._captured_lb = max(lb, self._captured_lb)
+        return self._captured_lb
+
+    def _publish(self, image: np.ndarray | None, ts: float | None = None, *,
+                 error: str | None = None) -> None:
+        now = time.time() if ts is None else ts
         with self._cond:
             self._grab_seq += 1
-            self._latest = Frame(image=image, seq=self._grab_seq, ts=now, source_id=self.source_id)
+            frame = Frame(image=image, seq=self._grab_seq, ts=now, source_id=self.source_id,
+                          error=error)
+            self._latest = frame
             self._last_frame_mono = time.monotonic()
             self._cond.notify_all()
+        self._claims.offer(frame)
         self._count("frames")
+
+
+# ------------------------------------------------------------------ strict decoding
+def is_image_files(kind: str, target: int | str) -> bool:
+    """True for a file source that is an image-sequence pattern or one image file: read by
+    :class:`ImageFiles` (the project's decoder), not by OpenCV's image reader."""
+    if kind != "file" or not isinstance(target, str):
+        return False
+    return "%" in Path(target).name or Path(target).suffix.lower() in IMAGE_EXTENSIONS
+
+
+class ImageFiles:
+    """An image sequence (``frames/%04d.jpg``) or one image file, read like an OpenCV capture
+    but decoded strictly by :mod:`pipeline.base.imageio`: :meth:`read_checked` gives
+    ``(ok, image, error)`` with ``error`` ``"corrupt_frame: <path>: <why>"`` for a damaged file.
+    """
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+        self._next = 0
+
+    @classmethod
+    def open(cls, target: str) -> ImageFiles | None:
+        """The files of ``target`` (a pattern's in number order), or None when none exists."""
+        if "%" in Path(target).name:
+            try:
+                files = sequence_files(target)
+            except ValueError:
+                return None
+        else:
+            files = [Path(target)] if Path(target).is_file() else []
+        return cls(files) if files else None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read_checked(self) -> tuple[bool, np.ndarray | None, str | None]:
+        """The next file's image; ``(False, None, None)`` after the last file."""
+        if self._next >= len(self.files):
+            return False, None, None
+        path = self.files[self._next]
+        self._next += 1
+        try:
+            return True, read_image(path), None
+        except FrameReadError as exc:
+            return True, None, str(exc)
+
+    def get(self, prop: int) -> float:
+        """No rate of its own (the camera's ``fps`` or the default paces it)."""
+        return 0.0
+
+    def release(self) -> None:
+        """Nothing to release."""
+
+
+def _read(cap: Any) -> tuple[bool, np.ndarray | None, str | None]:
+    """One read of ``cap``: ``(ok, image, error)``; raw MJPEG packets and image files go through
+    the strict decoder (``error`` set for a damaged frame)."""
+    if isinstance(cap, ImageFiles):
+        return cap.read_checked()
+    return read_strict(cap, "stream frame")
 
 
 # ------------------------------------------------------------------ camera type "opencv"

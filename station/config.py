@@ -129,6 +129,26 @@ class EventsSection:
 
 
 @dataclass(frozen=True)
+class TriggerSection:
+    """What a trigger is judged on, and how long a part id stays taken.
+
+    ``max_wait_ms``: a triggered part is judged on the first frame captured after its trigger
+    arrived; when none is captured within this time the part gets ``error`` ``stale_trigger``.
+    ``duplicate_window_h``: a second trigger for a part id accepted within this many hours
+    (kept across restarts through the journal) is answered ``duplicate`` and not judged again.
+    """
+
+    max_wait_ms: float = 1000.0
+    duplicate_window_h: float = 24.0
+
+    def validate(self) -> None:
+        if not 1 <= self.max_wait_ms <= 60_000:
+            raise FieldError("max_wait_ms", "must be in [1, 60000] ms")
+        if not 0 <= self.duplicate_window_h <= 24 * 365:
+            raise FieldError("duplicate_window_h", "must be in [0, 8760] hours")
+
+
+@dataclass(frozen=True)
 class RecordingSection:
     """What the recorder keeps, and for how long."""
 
@@ -153,6 +173,7 @@ class StationConfig:
     free_run: FreeRun = field(default_factory=FreeRun)
     camera: CameraSection = field(default_factory=CameraSection)
     events: EventsSection = field(default_factory=EventsSection)
+    trigger: TriggerSection = field(default_factory=TriggerSection)
     recording: RecordingSection = field(default_factory=RecordingSection)
     # decision policy: any, all (alias both) or a judge's name (checked against the judges when
     # the inspector is built)

@@ -14,6 +14,20 @@ Every event goes through one :class:`station.events.EventPublisher` (seq → jou
 under one lock), so the wire order is the journal order.  SIGTERM/SIGINT: the part in hand is
 finished, queued triggers get an ``error`` result (``station_stopping``), ``stopping`` is
 announced, the journal is flushed, exit 0.
+
+Verdict integrity:
+
+* **frame after trigger**: each trigger claims the first frame captured after it arrived (the
+  camera hands it over even while the part waits in the queue, :mod:`camera.claims`); none within
+  ``trigger.max_wait_ms`` → ``error`` ``stale_trigger``.  Results carry ``trigger_ts`` and
+  ``frame_ts``;
+* **one part, one verdict**: accepted part ids are indexed (rebuilt from the journal at start),
+  a repeat is answered ``duplicate`` (:mod:`station.part_ids`);
+* **a full disk is a state**: a journal append that fails leaves nothing behind; the station
+  turns ``degraded`` (``disk_full``), refuses triggers ``unavailable``, keeps its heartbeats and
+  resumes by itself once space is back; a part's recording is written before its event, which
+  names it only when it exists (``frame: null`` otherwise);
+* ``ready`` is announced only once the camera delivers frames.
 """
 
 from __future__ import annotations
@@ -35,17 +49,21 @@ from pipeline.base.frames import Frame
 from pipeline.inspector import InspectionResult
 from station import __version__
 from station.config import StationConfig
-from station.events import EventPublisher, new_boot_id
-from station.journal import Journal
+from station.events import EventPublisher, new_boot_id, utc_iso
+from station.journal import Journal, JournalWriteError
 from station.notify import Notifier
+from station.part_ids import PartIdIndex
 from station.parts import StationParts
 from station.requests import Job, StationRequests, TriggerQueue
-from station.servers import RequestServer, make_pub, make_router
+from station.servers import CATCHUP_SNDHWM, RequestServer, make_pub, make_router
 from station.status import StationStatus
 
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
+DISK_CHECK_S = 1.0
+# free space (beyond the journal's reserve) before a station that ran out of disk resumes
+RESUME_FREE_BYTES = 4 * 1024 * 1024
 
 
 class StationDaemon:
@@ -72,8 +90,13 @@ class StationDaemon:
         self._ready = threading.Event()
         self.status = StationStatus(self.station_id, self.mode, self.boot,
                                     queue_max=int(config.events.trigger_queue))
-        self.triggers = TriggerQueue(int(config.events.trigger_queue), self.boot, self._stop)
+        self.max_wait_s = float(config.trigger.max_wait_ms) / 1000.0
+        self.part_ids = PartIdIndex(float(config.trigger.duplicate_window_h) * 3600.0)
+        self.triggers = TriggerQueue(int(config.events.trigger_queue), self.boot, self._stop,
+                                     part_ids=self.part_ids, max_wait_s=self.max_wait_s)
         self.parts: StationParts | None = None
+        self._ready_announced = False
+        self._last_disk_check = 0.0
         self._last_status = 0.0
         self._ctx: zmq.Context | None = None
         self._pub: zmq.Socket | None = None
@@ -142,9 +165,11 @@ class StationDaemon:
                                segment_bytes=int(ev.journal_segment_mb * 2**20),
                                max_bytes=int(ev.journal_max_mb * 2**20))
         self._ctx = zmq.Context()
+        self.part_ids.load(self.journal.entries())
         self._pub, pub_ep = make_pub(self._ctx, ev.pub)
         trigger, trig_ep = make_router(self._ctx, ev.trigger, "events.trigger")
-        catchup, cu_ep = make_router(self._ctx, ev.catchup, "events.catchup")
+        catchup, cu_ep = make_router(self._ctx, ev.catchup, "events.catchup",
+                                     sndhwm=CATCHUP_SNDHWM)
         self.status.endpoints.update({"pub": pub_ep, "trigger": trig_ep, "catchup": cu_ep})
         pub = self._pub
         self.publisher = EventPublisher(self.journal, station=self.station_id, boot=self.boot,
@@ -166,6 +191,11 @@ class StationDaemon:
         self.status.camera_source = parts.camera.source_id
         self.status.recipe_hash = parts.inspector.recipe.short_hash
         self.status.model_name = parts.inspector.model_name
+        if parts.recorder is not None:
+            self.status.recorder_info = parts.recorder.health
+        # Cameras that hand frames to triggers (camera.claims) keep each trigger's first frame;
+        # the others are read with after_ts when the part leaves the queue.
+        self.triggers.claim_frame = getattr(parts.camera, "claim_frame", None)
         parts.camera.set_health_callback(self._on_camera_health)
         parts.camera.start()
         self._await_camera(cfg.camera.open_timeout_s)
@@ -173,9 +203,8 @@ class StationDaemon:
         with self.publisher.lock, self.triggers.lock:
             self.status.running = self.triggers.running = True
             self.status.refresh()
-            self.publisher.publish_status("ready", None, mode=self.mode,
-                                          camera=self.status.camera_info(),
-                                          model=self.status.model_info())
+            if self.status.camera_up:
+                self._announce_ready()
         self._ready.set()
         self.notifier.ready(self._status_line())
         self._last_status = time.monotonic()
@@ -196,9 +225,18 @@ class StationDaemon:
                                    camera.reason or ("frames flowing" if camera.is_up
                                                      else "camera down"))
 
+    def _announce_ready(self) -> None:
+        """``ready`` (under the publisher's lock), once: the station runs and frames flow."""
+        if self._ready_announced or not self.status.running or self.status.stopping:
+            return
+        if self._publish_status("ready", None, mode=self.mode, camera=self.status.camera_info(),
+                                model=self.status.model_info()):
+            self._ready_announced = True
+
     # ------------------------------------------------------------------------------ health
     def _on_camera_health(self, up: bool, reason: str) -> None:
-        """Camera transition (camera thread) → ``camera_down``/``camera_up`` event."""
+        """Camera transition (camera thread) → ``camera_down``/``camera_up`` event (and the
+        first ``ready`` when the camera was down at start-up)."""
         pub = self.publisher
         if pub is None:
             return
@@ -208,11 +246,10 @@ class StationDaemon:
             self.status.camera_up = up
             self.status.camera_reason = reason
             self.status.refresh()
-            try:
-                pub.publish_status("camera_up" if up else "camera_down", reason,
-                                   camera=self.status.camera_info())
-            except Exception:
-                log.exception("cannot publish camera health")
+            self._publish_status("camera_up" if up else "camera_down", reason,
+                                 camera=self.status.camera_info())
+            if up:
+                self._announce_ready()
         self.notifier.status(self._status_line())
 
     def _set_degraded(self, degraded: bool, reason: str | None) -> None:
@@ -223,8 +260,80 @@ class StationDaemon:
                 return
             self.status.degraded = degraded
             self.status.refresh()
-            pub.publish_status("degraded" if degraded else "ready", reason,
-                               model=self.status.model_info())
+            self._publish_status("degraded" if degraded else "ready", reason,
+                                 model=self.status.model_info())
+
+    # ------------------------------------------------------------------------------ journal
+    def _publish_status(self, state: str, reason: str | None, **extra: Any) -> bool:
+        """Journal and publish a status event; False (and the disk-full state) when the
+        journal cannot take it."""
+        pub = self.publisher
+        assert pub is not None
+        try:
+            pub.publish_status(state, reason, **extra)
+            return True
+        except JournalWriteError as exc:
+            self._journal_failed(exc)
+            return False
+        except Exception:
+            log.exception("cannot publish status %s", state)
+            return False
+
+    def _journal_failed(self, exc: JournalWriteError) -> None:
+        """The journal could not take an event: refuse triggers (``unavailable``), say
+        ``degraded`` / ``disk_full`` from the journal's reserve, check for space every second."""
+        pub = self.publisher
+        assert pub is not None and self.journal is not None
+        with pub.lock:
+            if self.status.disk_full:
+                return
+            log.error("journal write failed (%s): refusing triggers until it can write again",
+                      exc)
+            self.status.disk_full = True
+            self.triggers.unavailable = "disk_full"
+            self.status.refresh()
+            self.journal.release_reserve()
+            with contextlib.suppress(OSError):
+                self.status.disk_free_bytes = self.journal.free_bytes()
+            try:
+                pub.publish_status("degraded", "disk_full", disk=self.status.disk_info(),
+                                   detail=str(exc))
+            except Exception as again:
+                log.error("cannot journal the disk_full state either: %s", again)
+        self.notifier.status(self._status_line())
+
+    def _check_disk(self) -> None:
+        """Every second: the free space; after a full disk, resume once space is back."""
+        now = time.monotonic()
+        if now - self._last_disk_check < DISK_CHECK_S or self.journal is None:
+            return
+        self._last_disk_check = now
+        journal, pub = self.journal, self.publisher
+        assert pub is not None
+        try:
+            free = journal.free_bytes()
+        except OSError:
+            return
+        self.status.disk_free_bytes = free
+        if not self.status.disk_full or free < journal.reserve_bytes + RESUME_FREE_BYTES:
+            return
+        if not journal.restore_reserve():
+            return
+        with pub.lock:
+            self.status.disk_full = False
+            state = self.status.refresh()
+            try:
+                pub.publish_status("ready" if state == "ready" else state,
+                                   "disk space available again", disk=self.status.disk_info())
+            except JournalWriteError as exc:
+                log.error("still cannot journal: %s", exc)
+                self.status.disk_full = True
+                self.status.refresh()
+                journal.release_reserve()
+                return
+            self.triggers.unavailable = None
+        log.info("journal writes again (%d bytes free): accepting triggers", free)
+        self.notifier.status(self._status_line())
 
     # ------------------------------------------------------------------------------ reporting
     def _last_seq(self) -> int:
@@ -264,6 +373,7 @@ class StationDaemon:
     def _trigger_loop(self) -> None:
         while not self._stop.is_set():
             self._alive_ping()
+            self._check_disk()
             job = self.triggers.get(timeout=0.2)
             if job is not None:
                 self._inspect_one(job.part_id, job)
@@ -275,7 +385,11 @@ class StationDaemon:
         n = 0
         while not self._stop.is_set():
             self._alive_ping()
+            self._check_disk()
             now = time.monotonic()
+            if self.status.disk_full:  # nothing could be journaled: no part is judged
+                self._stop.wait(0.2)
+                continue
             if now < next_t:
                 self._stop.wait(min(next_t - now, 0.2))
                 continue
@@ -301,6 +415,34 @@ class StationDaemon:
             return f"camera_down: {self.status.camera_reason}"
         return None
 
+    def _frame_for(self, job: Job) -> tuple[Frame, float | None]:
+        """The first frame captured after ``job``'s trigger, within ``trigger.max_wait_ms``;
+        else a frame-less ``camera_down`` / ``stale_trigger`` frame.  Returns it and the ms
+        spent waiting for it."""
+        until = job.wall_ts + self.max_wait_s
+        claim = job.claim
+        if claim is not None and claim.done and claim.frame is not None:
+            return claim.frame, None  # captured while the part waited in the queue
+        if self.status.camera_up is False:
+            # Known down: answer now instead of waiting a read timeout per queued part.
+            return Frame(image=None, seq=-1,
+                         error=f"camera_down: {self.status.camera_reason}"), None
+        t = time.monotonic()
+        left = until - time.time()
+        if claim is not None:
+            frame = claim.wait(left)
+        else:  # a camera that captures on demand (or a plug-in without claims)
+            frame = self._grab(job.wall_ts, left) if left > 0 else None
+        waited = (time.monotonic() - t) * 1000
+        if frame is not None and _captured(frame) and job.wall_ts <= frame.ts <= until:
+            return frame, waited
+        if self.status.camera_up is False:
+            return Frame(image=None, seq=-1,
+                         error=f"camera_down: {self.status.camera_reason}"), waited
+        return Frame(image=None, seq=-1,
+                     error=f"stale_trigger: no frame captured within "
+                           f"{self.max_wait_s * 1000:.0f} ms after the trigger"), waited
+
     def _inspect_one(self, part_id: str, job: Job | None, *, frame: Frame | None = None) -> None:
         parts = self.parts
         pub = self.publisher
@@ -310,13 +452,20 @@ class StationDaemon:
         extra: dict[str, float] = {}
         if job is not None:
             extra["queue"] = (t_start - job.mono) * 1000
-        if frame is None and self.status.camera_up is False:
-            # Known down: answer now instead of waiting a read timeout per queued part.
-            frame = Frame(image=None, seq=-1, error=f"camera_down: {self.status.camera_reason}")
+        if job is not None and self.status.disk_full:
+            # Nothing could be journaled: the part is answered (from the journal's reserve)
+            # without judging it.
+            self._publish_result({"part_id": part_id, "verdict": "error", "reason": "disk_full",
+                                  "trigger_ts": utc_iso(job.wall_ts), "frame_ts": None}, None)
+            self.status.in_hand_since = None
+            return
+        if frame is None and job is not None:
+            frame, waited = self._frame_for(job)
+            if waited is not None:
+                extra["grab"] = waited
         elif frame is None:
             t = time.monotonic()
-            frame = self._grab(job.wall_ts if job else None,
-                               float(self.config.camera.read_timeout_s))
+            frame = self._grab(None, float(self.config.camera.read_timeout_s))
             extra["grab"] = (time.monotonic() - t) * 1000
         result: InspectionResult | None
         try:
@@ -331,38 +480,68 @@ class StationDaemon:
         timings = dict(payload.get("timings_ms") or {})
         timings.update({k: round(v, 3) for k, v in extra.items()})
         payload["timings_ms"] = timings
+        payload["trigger_ts"] = utc_iso(job.wall_ts) if job is not None else None
+        payload["frame_ts"] = utc_iso(frame.ts) if _captured(frame) else None
         self.status.parts += 1
-        record_id = f"{self.boot}-{self.status.parts:06d}" if parts.recorder is not None else None
-        event = pub.publish_result(payload, frame=record_id, veto=self._veto_pass)
-        change = self.status.count_result(event["verdict"], str(event.get("reason") or ""))
+        record_id = self._record(f"{self.boot}-{self.status.parts:06d}", payload, frame, result)
+        event = self._publish_result(payload, record_id)
         self.status.in_hand_since = None
+        if event is None:
+            return
+        change = self.status.count_result(event["verdict"], str(event.get("reason") or ""))
         if change is True:
             self._set_degraded(True, f"{self.status.errors_in_row} errors in a row, "
                                      f"last: {event.get('reason') or ''}")
         elif change is False:
             self._set_degraded(False, "inspections succeed again")
-        if record_id is not None:
-            self._record(record_id, event, frame, result)
+        if record_id is not None and parts.recorder is not None:
+            parts.recorder.complete(record_id, {"event": event})
 
-    def _record(self, record_id: str, event: dict[str, Any], frame: Frame,
-                result: InspectionResult | None) -> None:
+    def _publish_result(self, payload: dict[str, Any],
+                        record_id: str | None) -> dict[str, Any] | None:
+        """Journal and publish a part's result; when the journal cannot take it, the station
+        goes ``disk_full`` and the part gets an ``error`` ``disk_full`` result instead (from the
+        journal's reserve).  None when not even that could be journaled."""
+        pub = self.publisher
+        assert pub is not None
+        part_id = str(payload.get("part_id"))
+        try:
+            event = pub.publish_result(payload, frame=record_id, veto=self._veto_pass)
+        except JournalWriteError as exc:
+            self._journal_failed(exc)
+            short = {"part_id": part_id, "verdict": "error", "reason": "disk_full",
+                     "trigger_ts": payload.get("trigger_ts"), "frame_ts": payload.get("frame_ts"),
+                     "recipe": payload.get("recipe")}
+            try:
+                event = pub.publish_result(short, frame=record_id)
+            except Exception as again:
+                log.error("result of %s could not be journaled: %s", part_id, again)
+                return None
+        self.part_ids.resolve(part_id, int(event["seq"]))
+        return event
+
+    def _record(self, record_id: str, payload: dict[str, Any], frame: Frame,
+                result: InspectionResult | None) -> str | None:
+        """Write the part's recording before its event is published, so the event names it only
+        when it exists; None when recording is off, there is nothing to record or the write
+        failed (the recorder's health says why)."""
         recorder = self.parts.recorder if self.parts else None
-        if recorder is None:
-            return
+        if recorder is None or self.status.disk_full:
+            return None
         images = dict(result.images) if result is not None else {}
         if not images and frame.image is not None:
             images = {"frame": frame.image}
-        meta = {"event": event, "frame_meta": frame.meta,
+        meta = {"event": payload, "frame_meta": frame.meta,
                 "prompt": result.prompt if result is not None else None,
                 "raw_answer": result.raw_answer if result is not None else None}
-        # PNG encoding takes tens of ms: the recorder's writer thread does it, after the result
-        # is already on the wire.
         try:
-            used = recorder.record_async(record_id, images, meta)
-            if used and used != record_id:
-                log.warning("recording %s stored as %s", record_id, used)
+            used = recorder.record(record_id, images, meta, index=False)
         except Exception:
             log.exception("recording %s failed", record_id)
+            return None
+        if used and used != record_id:
+            log.warning("recording %s stored as %s", record_id, used)
+        return used or None
 
     # ------------------------------------------------------------------------------ shutdown
     def _shutdown(self) -> None:
@@ -375,7 +554,8 @@ class StationDaemon:
             for job in self.triggers.drain():
                 with contextlib.suppress(Exception):
                     pub.publish_result({"part_id": job.part_id, "verdict": "error",
-                                        "reason": "station_stopping"})
+                                        "reason": "station_stopping",
+                                        "trigger_ts": utc_iso(job.wall_ts), "frame_ts": None})
             with contextlib.suppress(Exception):
                 pub.publish_status("stopping", self.exit_reason, parts=self.status.parts,
                                    counts=dict(self.status.counts))
@@ -402,3 +582,11 @@ class StationDaemon:
         self.notifier.close()
         log.info("station %s stopped (%s): %d parts, last seq %d", self.station_id,
                  self.exit_reason, self.status.parts, self.journal.last_seq if self.journal else 0)
+
+
+def _captured(frame: Frame) -> bool:
+    """True for a frame the camera captured (decodable or not), False for the stand-ins a source
+    or the daemon makes when there is none (``camera_down``, ``stale_trigger``)."""
+    if frame.image is not None:
+        return True
+    return bool(frame.error) and not str(frame.error).startswith(("camera_down", "stale_trigger"))

@@ -20,12 +20,20 @@ The sequence number is the larger of the newest valid line and ``SEQ``.  ``SEQ``
 a new segment is started and before old segments are deleted, so even a journal rotated down to
 nothing cannot hand out a seq twice.  Every line is ``fdatasync``'d before :meth:`Journal.append`
 returns: whatever a subscriber has seen is on disk.
+
+An append is all or nothing: when the write or the ``fdatasync`` fails (a full disk, an I/O
+error) the segment is truncated back to its last complete line and :class:`JournalWriteError` is
+raised; the seq is not used, so nothing half-written can glue onto the next event.  ``RESERVE``
+is a preallocated file (``reserve_bytes``) that :meth:`Journal.release_reserve` gives back to the
+file system when the disk is full, so the station can still journal that it is out of space (and
+the parts it must refuse), and :meth:`Journal.restore_reserve` takes again once space returns.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -46,6 +54,7 @@ SEGMENT_RE = re.compile(r"^events-(\d{16})\.log$")
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MEMORY_EVENTS = 4096
+DEFAULT_RESERVE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,19 @@ class Entry:
 
 class JournalLocked(StationError):
     """Another process holds the journal of this state directory."""
+
+
+class JournalWriteError(StationError):
+    """An event could not be made durable; nothing of it was left on disk and its seq is free."""
+
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def disk_full(self) -> bool:
+        """True when the file system is out of space (or quota)."""
+        return self.code in (errno.ENOSPC, errno.EDQUOT)
 
 
 def encode_line(seq: int, topic: str, text: str) -> bytes:
@@ -105,6 +127,7 @@ class Journal:
         max_bytes: int = DEFAULT_MAX_BYTES,
         memory_events: int = DEFAULT_MEMORY_EVENTS,
         fsync: bool = True,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ) -> None:
         self.dir = Path(directory)
         self.segment_bytes = max(4096, int(segment_bytes))
@@ -127,6 +150,9 @@ class Journal:
             ) from None
         self._last_seq = max(self._read_seq_file(), self._recover())
         self._oldest = self._find_oldest()
+        self.reserve_bytes = max(0, int(reserve_bytes))
+        self.reserve_held = False
+        self.restore_reserve()
 
     # ----------------------------------------------------------------------------- state
     @property
@@ -224,15 +250,20 @@ class Journal:
                 raise StationError("journal is closed")
             if seq <= self._last_seq:
                 raise ValueError(f"seq {seq} is not above the last seq {self._last_seq}")
-            if self._fd is None or self._fd_size >= self.segment_bytes:
-                self._roll(seq)
-            assert self._fd is not None
-            view = memoryview(line)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-            if self.fsync:
-                os.fdatasync(self._fd)
+            try:
+                if self._fd is None or self._fd_size >= self.segment_bytes:
+                    self._roll(seq)
+                assert self._fd is not None
+                view = memoryview(line)
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
+                if self.fsync:
+                    os.fdatasync(self._fd)
+            except OSError as exc:
+                self._undo_partial()
+                raise JournalWriteError(f"journal append of seq {seq} failed: {exc}",
+                                        exc.errno) from exc
             self._fd_size += len(line)
             self._last_seq = seq
             if self._oldest is None:
@@ -240,6 +271,63 @@ class Journal:
             entry = Entry(seq, topic, text)
             self._recent.append(entry)
             return entry
+
+    def _undo_partial(self) -> None:
+        """Cut what a failed append left after the last complete line (all or nothing)."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, self._fd_size)
+            if self.fsync:
+                os.fdatasync(self._fd)
+        except OSError as exc:  # the file is cut at the next start (torn tail) in the worst case
+            log.error("journal: cannot cut a failed append back: %s", exc)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    # ----------------------------------------------------------------------------- space
+    def free_bytes(self) -> int:
+        """Bytes available to this process on the journal's file system."""
+        st = os.statvfs(self.dir)
+        return st.f_bavail * st.f_frsize
+
+    def release_reserve(self) -> int:
+        """Give the preallocated ``RESERVE`` back to the file system (the disk is full);
+        returns the bytes freed."""
+        with self._lock:
+            if not self.reserve_held:
+                return 0
+            try:
+                os.truncate(self.dir / "RESERVE", 0)
+            except OSError as exc:
+                log.error("journal: cannot release the reserve: %s", exc)
+                return 0
+            self.reserve_held = False
+            return self.reserve_bytes
+
+    def restore_reserve(self) -> bool:
+        """Preallocate ``RESERVE`` again; False (nothing held) when the space is not there."""
+        with self._lock:
+            if self.reserve_held or self.reserve_bytes == 0:
+                return True
+            path = self.dir / "RESERVE"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
+            except OSError as exc:
+                log.warning("journal: no reserve: %s", exc)
+                return False
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)
+                self.reserve_held = True
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    log.warning("journal: cannot preallocate the reserve: %s", exc)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
+            return self.reserve_held
 
     def _roll(self, first_seq: int) -> None:
         """Start a new segment (or reopen the newest one if it still has room)."""
@@ -303,11 +391,24 @@ class Journal:
         except FileNotFoundError:  # rotated away while we read
             return
 
-    def since(self, seq: int, limit: int) -> tuple[list[Entry], bool]:
-        """Events with ``seq`` above the given one, oldest first, at most ``limit`` of them.
+    def since(self, seq: int, limit: int, *,
+              max_bytes: int | None = None) -> tuple[list[Entry], bool]:
+        """Events with ``seq`` above the given one, oldest first, at most ``limit`` of them and,
+        with ``max_bytes``, no more than that many bytes of JSON (but at least one event).
 
         Returns ``(entries, more)``; ``more`` is True when further events follow the batch.
         """
+        entries, more = self._since(seq, limit)
+        if max_bytes is None or not entries:
+            return entries, more
+        total = 0
+        for i, e in enumerate(entries):
+            total += len(e.json) + len(e.topic) + 32
+            if total > max_bytes and i > 0:
+                return entries[:i], True
+        return entries, more
+
+    def _since(self, seq: int, limit: int) -> tuple[list[Entry], bool]:
         limit = max(0, int(limit))
         with self._lock:
             last = self._last_seq

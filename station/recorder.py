@@ -21,7 +21,12 @@ totals are kept in memory (one index read at start), so pruning costs O(records 
 
 The recorder never raises into the inspection loop: a failed write (full disk, read-only folder,
 an image that cannot be encoded) is logged, counted in :attr:`Recorder.stats` and
-:meth:`Recorder.record` returns ``""``.  One writer per folder.
+:meth:`Recorder.record` returns ``""``; :meth:`Recorder.health` says whether the last write
+worked.  One writer per folder.
+
+The station writes a record before it publishes the part's event (``record(..., index=False)``),
+so the event names only a recording that exists (``frame: null`` otherwise), then completes it
+with the published event (:meth:`Recorder.complete`: meta.json replaced, index line appended).
 """
 
 from __future__ import annotations
@@ -151,6 +156,7 @@ class Recorder:
         self._ready = False
         self._last_fail_msg = ""
         self._same_fail_n = 0
+        self._failing = False  # the last write (or attempt) failed
         self._stats: dict[str, Any] = {
             "written": 0, "failures": 0, "index_failures": 0, "pruned": 0,
             "prune_failures": 0, "dropped": 0, "last_error": None, "last_write_ms": None,
@@ -159,18 +165,57 @@ class Recorder:
 
     # ------------------------------------------------------------------ public API
     def record(self, record_id: str, images: Mapping[str, np.ndarray | None],
-               meta: Mapping[str, Any]) -> str:
+               meta: Mapping[str, Any], *, index: bool = True) -> str:
         """Write one inspection now; returns the record id used (folder name) or ``""`` on failure.
 
         ``images``: arrays by name (``frame``, ``metric``, ``overlay``, …); only keys in ``save``
         are written, ``None`` values are skipped.  ``meta``: JSON-able metadata (verdict,
         defects, part_id, seq, ts, prompt, raw_answer, timings_ms, …); numpy values are converted.
-        Never raises.
+        ``index=False``: the record is complete on disk but its index line waits for
+        :meth:`complete` (a crash in between: re-indexed at the next start).  Never raises.
         """
         rid = self._reserve(record_id)
         if not rid:
             return ""
-        return self._write(rid, record_id, images, meta)
+        return self._write(rid, record_id, images, meta, index=index)
+
+    def complete(self, rid: str, meta: Mapping[str, Any]) -> bool:
+        """Finish a record written with ``index=False``: its meta.json updated with ``meta``
+        (atomically), then its index line.  False (logged, counted) when that failed: the record
+        stays, with the meta it was written with.  Never raises."""
+        folder = self.dir / rid
+        try:
+            doc = json.loads((folder / META_NAME).read_text("utf-8"))
+            doc.update(meta)
+            text = json.dumps(doc, default=json_default, ensure_ascii=False, indent=1)
+            with self._lock:
+                self._stage_n += 1
+                tmp = self.dir / STAGING_NAME / f"{os.getpid()}.{self._stage_n}.meta.{rid}"
+            try:
+                self._write_file(tmp, text.encode("utf-8"))
+                os.replace(tmp, folder / META_NAME)
+            finally:
+                tmp.unlink(missing_ok=True)
+            entry = self._entries.get(rid)
+            line = self._index_line(rid, entry.t if entry else self.clock(),
+                                    entry.nbytes if entry else 0, doc)
+            with self._lock:
+                self._append_index(json.dumps(line, default=json_default, ensure_ascii=False))
+            return True
+        except Exception as e:
+            with self._lock:
+                self._stats["index_failures"] += 1
+                self._failing = True
+                self._fail(f"record {rid} could not be completed: {type(e).__name__}: {e}")
+            return False
+
+    def health(self) -> dict[str, Any]:
+        """For heartbeats: ``ok`` (the last write worked), counters and the last error."""
+        with self._lock:
+            st = self._stats
+            return {"ok": not self._failing, "written": st["written"], "failures": st["failures"],
+                    "dropped": st["dropped"], "pending": self._queue.unfinished_tasks,
+                    "last_error": st["last_error"] if self._failing else None}
 
     def record_async(self, record_id: str, images: Mapping[str, np.ndarray | None],
                      meta: Mapping[str, Any]) -> str:
@@ -186,6 +231,7 @@ class Recorder:
             with self._lock:
                 if self._queue.qsize() >= self.max_pending:
                     self._stats["dropped"] += 1
+                    self._failing = True
                     self._fail(f"writer queue full ({self.max_pending}): record dropped")
                     return ""
                 rid = self._reserve(record_id)
@@ -251,11 +297,12 @@ class Recorder:
         except Exception as e:
             with self._lock:
                 self._stats["failures"] += 1
+                self._failing = True
                 self._fail(f"record {record_id!r} failed: {type(e).__name__}: {e}")
             return ""
 
     def _write(self, rid: str, record_id: str, images: Mapping[str, np.ndarray | None],
-               meta: Mapping[str, Any]) -> str:
+               meta: Mapping[str, Any], *, index: bool = True) -> str:
         """Write a reserved record: staging folder → rename → index line → prune if due."""
         t0 = time.perf_counter()
         stage: Path | None = None
@@ -306,12 +353,14 @@ class Recorder:
                 self._pending.discard(rid)
                 self._add(_Entry(rid, now, nbytes, verdict in self.keep_longer))
                 try:
-                    self._append_index(json.dumps(line, default=json_default,
-                                                  ensure_ascii=False))
+                    if index:
+                        self._append_index(json.dumps(line, default=json_default,
+                                                      ensure_ascii=False))
                 except Exception as e:  # record is on disk; re-indexed at the next start
                     self._stats["index_failures"] += 1
                     self._fail(f"index append failed for {rid}: {e}")
                 self._stats["written"] += 1
+                self._failing = False
                 self._stats["last_write_ms"] = round((time.perf_counter() - t0) * 1000, 3)
                 if self._same_fail_n:
                     log.info("recorder %s: writing again after %d failure(s)", self.dir,
@@ -326,6 +375,7 @@ class Recorder:
                 if isinstance(e, FileNotFoundError) and not (self.dir / STAGING_NAME).is_dir():
                     self._ready = False  # folder removed under us: set up again next time
                 self._stats["failures"] += 1
+                self._failing = True
                 self._fail(f"record {record_id!r} failed: {type(e).__name__}: {e}")
             if stage is not None:
                 shutil.rmtree(stage, ignore_errors=True)

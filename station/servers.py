@@ -14,6 +14,7 @@ the station allocate unbounded memory.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -32,6 +33,18 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_DRAIN = 64  # requests taken from one socket per poll round, so neither socket starves
+# Per-peer queue bounds (messages): ROUTER replies (each at most MAX_CATCHUP_REPLY_BYTES of
+# station.requests), incoming requests, and events for a subscriber that lags (it fills the gap
+# from the catch-up socket).
+ROUTER_SNDHWM = 1000   # trigger/status replies: a few hundred bytes each
+CATCHUP_SNDHWM = 8     # catch-up replies: up to MAX_CATCHUP_REPLY_BYTES each
+ROUTER_RCVHWM = 100
+PUB_HWM = 10_000
+# Replies that did not fit a peer's pipe wait in the station, bounded in bytes per peer and in
+# all; past that they are dropped (a client that never reads gets nothing more, and costs at
+# most this much).
+PEER_BACKLOG_BYTES = 1024 * 1024
+TOTAL_BACKLOG_BYTES = 16 * 1024 * 1024
 
 
 class RequestError(Exception):
@@ -48,6 +61,19 @@ class ParsedRequest:
     envelope: list[bytes]
     body: dict[str, Any] | None
     error: str | None
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice (which value counts would be a guess)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise DuplicateKey(k)
+        out[k] = v
+    return out
 
 
 def parse_request(frames: list[bytes]) -> ParsedRequest:
@@ -70,7 +96,9 @@ def parse_request(frames: list[bytes]) -> ParsedRequest:
     except UnicodeDecodeError:
         return ParsedRequest(envelope, None, "request is not UTF-8")
     try:
-        body = json.loads(text)
+        body = json.loads(text, object_pairs_hook=_unique_keys)
+    except DuplicateKey as exc:
+        return ParsedRequest(envelope, None, f"request has a duplicate key {str(exc)[:40]!r}")
     except (ValueError, RecursionError):
         return ParsedRequest(envelope, None, "request is not JSON")
     if not isinstance(body, dict):
@@ -106,18 +134,24 @@ def bind(sock: zmq.Socket, endpoint: str, what: str) -> str:
 def make_pub(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, str]:
     """The PUB socket, bound; returns it and its actual endpoint."""
     sock = ctx.socket(zmq.PUB)
-    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.SNDHWM, PUB_HWM)
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
     return sock, bind(sock, endpoint, "events.pub")
 
 
-def make_router(ctx: zmq.Context, endpoint: str, what: str) -> tuple[zmq.Socket, str]:
-    """A request ROUTER socket, bound, with the limits that protect the station."""
+def make_router(ctx: zmq.Context, endpoint: str, what: str, *,
+                sndhwm: int = ROUTER_SNDHWM) -> tuple[zmq.Socket, str]:
+    """A request ROUTER socket, bound, with the limits that protect the station (``sndhwm``:
+    replies kept per peer that does not read them; more are dropped)."""
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-    sock.setsockopt(zmq.RCVHWM, 1000)
-    sock.setsockopt(zmq.SNDHWM, 1000)
+    sock.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
+    # Replies a peer does not read wait in its pipe, at most this many; a full pipe makes the
+    # non-blocking send fail (ROUTER_MANDATORY) and the reply waits in the request server's
+    # byte-bounded backlog instead, or is dropped.
+    sock.setsockopt(zmq.SNDHWM, sndhwm)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.LINGER, 500)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
     return sock, bind(sock, endpoint, what)
@@ -146,7 +180,13 @@ class RequestServer(threading.Thread):
         self._stop_evt = threading.Event()
         self.requests = 0
         self.rejected = 0
+        self.dropped_replies = 0
         self.last_loop = time.monotonic()
+        # replies waiting for a full peer pipe: socket → peer identity → frames, in order
+        self._backlog: dict[zmq.Socket, dict[bytes, collections.deque[list[bytes]]]] = {
+            sock: {} for sock in self.handlers}
+        self._backlog_bytes: dict[bytes, int] = {}
+        self.backlog_bytes = 0
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the loop to end and wait for it."""
@@ -171,7 +211,9 @@ class RequestServer(threading.Thread):
                     next_tick += self.tick_s
                     if next_tick < now:  # fell behind (suspend, long GC): don't burst
                         next_tick = now + self.tick_s
-                wait = min(0.1, max(0.0, next_tick - time.monotonic()))
+                self._flush_backlog()
+                wait = min(0.01 if self.backlog_bytes else 0.1,
+                           max(0.0, next_tick - time.monotonic()))
                 try:
                     ready = dict(poller.poll(wait * 1000))
                 except zmq.ZMQError as exc:
@@ -212,7 +254,51 @@ class RequestServer(threading.Thread):
                     reply = error_reply(f"internal error: {type(exc).__name__}")
             if not req.envelope:
                 continue
+            self._reply(sock, [*req.envelope, reply])
+
+    def _reply(self, sock: zmq.Socket, frames: list[bytes]) -> None:
+        """Send without blocking; a full peer pipe → the byte-bounded backlog (in order)."""
+        peer = frames[0]
+        queue = self._backlog[sock].get(peer)
+        if not queue:
             try:
-                sock.send_multipart([*req.envelope, reply], zmq.NOBLOCK)
-            except zmq.ZMQError as exc:  # peer gone or not reading: drop, never block
+                sock.send_multipart(frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH): nobody to answer
                 log.debug("reply dropped: %s", exc)
+                return
+        size = sum(len(f) for f in frames)
+        key = id(sock).to_bytes(8, "little") + peer
+        held = self._backlog_bytes.get(key, 0)
+        if held + size > PEER_BACKLOG_BYTES or self.backlog_bytes + size > TOTAL_BACKLOG_BYTES:
+            self.dropped_replies += 1  # the peer does not read: never block, never grow
+            return
+        self._backlog[sock].setdefault(peer, collections.deque()).append(frames)
+        self._backlog_bytes[key] = held + size
+        self.backlog_bytes += size
+
+    def _flush_backlog(self) -> None:
+        """Send what waits for peers whose pipes have room again."""
+        if not self.backlog_bytes:
+            return
+        for sock, peers in self._backlog.items():
+            for peer in list(peers):
+                queue = peers[peer]
+                key = id(sock).to_bytes(8, "little") + peer
+                while queue:
+                    frames = queue[0]
+                    try:
+                        sock.send_multipart(frames, zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except zmq.ZMQError:  # peer gone: drop all it had waiting
+                        pass
+                    queue.popleft()
+                    size = sum(len(f) for f in frames)
+                    self._backlog_bytes[key] -= size
+                    self.backlog_bytes -= size
+                if not queue:
+                    del peers[peer]
+                    self._backlog_bytes.pop(key, None)
