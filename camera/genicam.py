@@ -408,6 +408,10 @@ class GenicamCamera:
                 self._lost_why = f"software trigger failed: {_glib_message(exc)}"
                 self._lost.set()
                 return None
+            if self._up is False:  # answered, but too late: the watchdog declared it down
+                self._lost_why = "software trigger answered too late; re-opening"
+                self._lost.set()
+                return None
         finally:
             self._io_lock.release()
         self._count("triggers")
@@ -658,8 +662,8 @@ class GenicamCamera:
                 cam.get_integer("Width")
             except Exception as exc:
                 raise _Lost(f"camera does not answer: {_glib_message(exc)}") from None
-        if self._up is False and self.trigger != "free_run":  # the watchdog saw a slow answer
-            self._set_health(True, "camera answers again")
+        if self._up is False:  # answered, but too late: the watchdog declared it down meanwhile
+            raise _Lost("camera answered too late; re-opening")
 
     def _handle(self, arv: Any, buf: Any) -> None:
         status = buf.get_status()
