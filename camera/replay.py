@@ -8,8 +8,10 @@ opened or read at all) and iteration goes on.  Problems with the source as a who
 does not exist, a video OpenCV cannot open, a malformed manifest) raise :class:`SourceError` when
 the source is opened, naming the file (and line).
 
-Images are read with :func:`read_image`: ``cv2.imdecode(np.fromfile(path), IMREAD_UNCHANGED)``,
-so a grey file stays grey ``(H, W)`` and a colour file is BGR ``(H, W, 3)``; then
+Images are read with :func:`read_image` (:mod:`pipeline.base.imageio`, the one strict decoder:
+a truncated or damaged JPEG/PNG is ``corrupt_frame``; an MJPEG video is read in raw mode and its
+JPEGs decoded by the same decoder), so a grey file stays grey ``(H, W)`` and a colour file is
+BGR ``(H, W, 3)``; then
 
 - 16-bit samples are mapped to 8 bit over the full 16-bit range (``v / 257``, rounded): fixed,
   not per image, so a golden and its test frames stay comparable (12-bit-in-16 data comes out
@@ -29,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
 from camera.source import FrameSource
 from pipeline.base.addresses import normalize_address
 from pipeline.base.errors import SourceError
 from pipeline.base.frames import Frame
-from pipeline.base.imageio import FrameReadError, frame_from_file, read_image
+from pipeline.base.imageio import FrameReadError, decode_image, frame_from_file, read_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -47,7 +50,9 @@ __all__ = [
     "frame_from_file",
     "normalize_address",
     "open_replay_source",
+    "raw_mjpeg",
     "read_image",
+    "read_strict",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -55,6 +60,35 @@ VIDEO_EXTENSIONS = frozenset({".avi", ".mp4", ".m4v", ".mkv", ".mov", ".mjpg", "
                               ".mpeg", ".webm", ".wmv", ".ts", ".h264", ".h265", ".hevc"})
 LABELS = ("pass", "defect")
 _REQUIRED = ("frame", "label")
+
+_MJPG = int.from_bytes(b"MJPG", "little")  # CAP_PROP_FOURCC of an MJPEG video or stream
+
+
+def raw_mjpeg(cap: cv2.VideoCapture) -> bool:
+    """Switch an FFmpeg capture of MJPEG to raw packets (each read gives one JPEG's bytes, for
+    :func:`read_strict`); False (left as it is) for other codecs or a backend that cannot."""
+    try:
+        return int(cap.get(cv2.CAP_PROP_FOURCC)) == _MJPG and bool(
+            cap.set(cv2.CAP_PROP_FORMAT, -1))
+    except cv2.error:
+        return False
+
+
+def read_strict(cap: cv2.VideoCapture, where: str) -> tuple[bool, np.ndarray | None, str | None]:
+    """One read: ``(ok, image, error)``.  In raw MJPEG mode the JPEG is decoded by the strict
+    decoder (``error`` ``"corrupt_frame: <where>: <why>"`` when damaged); else the backend's
+    image.  ``(False, None, None)`` at the end or on a failed read."""
+    ok, image = cap.read()
+    if not ok or image is None:
+        return False, None, None
+    if image.dtype == np.uint8 and image.ndim == 2 and image.shape[0] == 1 \
+            and cap.get(cv2.CAP_PROP_FORMAT) == -1:  # raw mode: the encoded JPEG
+        try:
+            return True, decode_image(image.reshape(-1), where), None
+        except FrameReadError as exc:
+            return True, None, str(exc)
+    return True, image, None
+
 
 def _natural_key(name: str) -> list[Any]:
     # frame_2 before frame_10, as a person numbering files expects
@@ -120,6 +154,7 @@ class VideoFileSource:
             cap.release()
             raise SourceError(f"video {self.path}: OpenCV cannot open it (unknown container or "
                               "codec, or a corrupt file)")
+        raw_mjpeg(cap)  # MJPEG: decoded by the strict decoder, like image files
         return cap
 
     def __iter__(self) -> Iterator[Frame]:
@@ -130,16 +165,16 @@ class VideoFileSource:
             while True:
                 pos_ms = float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
                 try:
-                    ok, img = cap.read()
+                    ok, img, error = read_strict(cap, f"{self.path}: frame {n}")
                 except cv2.error as e:
                     yield Frame(image=None, seq=n, ts=time.time(), source_id=self.source_id,
                                 error=f"corrupt_frame: {self.path}: frame {n}: {e.err}",
                                 meta=self._meta(n, pos_ms))
                     return
-                if not ok or img is None:
+                if not ok:
                     break
                 yield Frame(image=img, seq=n, ts=time.time(), source_id=self.source_id,
-                            meta=self._meta(n, pos_ms))
+                            error=error, meta=self._meta(n, pos_ms))
                 n += 1
         finally:
             cap.release()
