@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "station.cmd_model",
     "station.cmd_demo",
     "station.cmd_bench",
+    "station.cmd_bridge",
 ]
 
 

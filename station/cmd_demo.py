@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state", metavar="DIR", help="--serve: journal/state folder")
     p.add_argument("--config", metavar="YAML",
                    help="--serve: station YAML overriding the demo defaults (endpoints, mode)")
+    for name, port in (("pub", 5556), ("trigger", 5555), ("catchup", 5557)):
+        p.add_argument(f"--{name}", metavar="ENDPOINT",
+                       help=f"--serve: the {name} endpoint (default tcp://127.0.0.1:{port})")
     p.set_defaults(func=run)
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camera.synthetic import LineSpec, SyntheticOptions
+from pipeline.base.errors import ConfigError
 from pipeline.inspector import Inspector
 from pipeline.recipe import Recipe
 from station.config import (
     CameraSection,
+    EventsSection,
     RecordingSection,
     StationConfig,
     StationSection,
@@ -38,7 +40,8 @@ def demo_config(args: argparse.Namespace, recipe: Recipe, spec: LineSpec) -> Sta
     camera = demo_camera(args, spec)
     if args.config:
         cfg = load_config(args.config)
-        return replace(cfg, recipe=str(recipe.folder), camera=camera)
+        return replace(cfg, recipe=str(recipe.folder), camera=camera,
+                       events=_endpoints(args, cfg.events))
     return StationConfig(
         recipe=str(recipe.folder),
         station=StationSection(id="demo-line", state_dir=str(state),
@@ -47,8 +50,20 @@ def demo_config(args: argparse.Namespace, recipe: Recipe, spec: LineSpec) -> Sta
         camera=camera,
         recording=RecordingSection(enabled=True, dir=str(state / "recordings"), max_bytes=2e8),
         policy=args.policy,
+        events=_endpoints(args, EventsSection()),
         path=str(state / "demo-station.yaml"),
     )
+
+
+def _endpoints(args: argparse.Namespace, events: EventsSection) -> EventsSection:
+    """``events`` with the endpoints given by ``--pub``/``--trigger``/``--catchup``."""
+    given = {k: getattr(args, k, None) for k in ("pub", "trigger", "catchup")}
+    out = replace(events, **{k: v for k, v in given.items() if v})
+    try:
+        out.validate()
+    except ValueError as exc:  # FieldError too
+        raise ConfigError(f"demo --serve endpoints: {exc}") from exc
+    return out
 
 
 def serve_demo(args: argparse.Namespace, recipe: Recipe, inspector: Inspector,

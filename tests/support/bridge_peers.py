@@ -1,0 +1,129 @@
+"""Real processes for the bridge tests: ``station demo --serve`` on free loopback ports, a
+``station bridge …`` process, and Debian's mosquitto broker on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from station.bench.events import free_ports
+from station.client import TriggerClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+class Proc:
+    """A child process with its output in a log file; killed by :meth:`stop` / on exit."""
+
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.argv, self.log = argv, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=out, env=_env(), cwd=str(ROOT))
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        """Signal the child and wait for it (SIGKILL after ``timeout``)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class DemoStation(Proc):
+    """``station demo --serve`` (trigger mode, journal in ``folder/state``) on fixed free ports,
+    so a restarted station is found where it was."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        pub, trig, catchup = free_ports(3)
+        self.pub = f"tcp://127.0.0.1:{pub}"
+        self.trigger = f"tcp://127.0.0.1:{trig}"
+        self.catchup = f"tcp://127.0.0.1:{catchup}"
+        super().__init__([sys.executable, "-m", "station.cli", "demo", "--serve", "--train", "8",
+                          "--state", str(folder / "state"),
+                          "--pub", self.pub, "--trigger", self.trigger,
+                          "--catchup", self.catchup], folder / "station.log")
+
+    def start(self, timeout: float = 90.0) -> DemoStation:
+        """Start and wait until the station answers ``ready``."""
+        super().start()
+        deadline = time.monotonic() + timeout
+        with TriggerClient(self.trigger, timeout=1.0, retries=0) as tc:
+            while time.monotonic() < deadline:
+                assert self.running, self.text()[-3000:]
+                try:
+                    if tc.status().get("state") == "ready":
+                        return self
+                except Exception:
+                    pass
+                time.sleep(0.2)
+        self.stop(signal.SIGKILL)
+        raise RuntimeError(f"demo station not ready in {timeout} s: {self.text()[-3000:]}")
+
+    def station_args(self) -> list[str]:
+        return ["--pub", self.pub, "--trigger", self.trigger, "--catchup", self.catchup]
+
+
+def bridge(kind: str, args: list[str], log: Path) -> Proc:
+    """``station bridge KIND ARGS…`` as a child process (started)."""
+    return Proc([sys.executable, "-m", "station.cli", "bridge", kind, *args], log).start()
+
+
+class Mosquitto(Proc):
+    """Debian's mosquitto on 127.0.0.1, a free port, persistence in ``folder`` (a stop with
+    SIGTERM saves what it holds for persistent sessions, as a plant broker does)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.port = free_ports(1)[0]
+        conf = folder / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                        f"persistence true\npersistence_location {folder}/\n")
+        super().__init__([exe, "-c", str(conf)], folder / "mosquitto.log")
+
+    @staticmethod
+    def available() -> bool:
+        return bool(shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+
+    def start(self, timeout: float = 10.0) -> Mosquitto:
+        """Start and wait until the port accepts connections."""
+        import socket
+
+        super().start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.running, self.text()
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen in {timeout} s: {self.text()}")

@@ -1,0 +1,212 @@
+"""``station bridge modbus`` against real peers: ``station demo --serve`` on loopback and a
+pymodbus client playing the PLC (write part id, raise trigger, wait for result valid, read
+verdict and cell codes, ack); plus the register map's encoding on its own."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from station.bench.events import free_ports
+from station.bridges import registers as R
+from station.bridges.link import PartResult
+from station.client import Event, EventSubscriber
+from tests.support.bridge_peers import DemoStation, bridge
+
+pymodbus_client = pytest.importorskip("pymodbus.client", reason="the bridges extra is not "
+                                      "installed (tests/run.sh installs it)")
+
+
+# ------------------------------------------------------------------------------ register map
+def test_part_id_registers_round_trip_and_refuse_garbage() -> None:
+    regs = R.part_id_to_registers("L1-20261201-000123")
+    assert len(regs) == 16 and regs[0] == (ord("L") << 8) | ord("1") and regs[-1] == 0
+    assert R.part_id_from_registers(regs) == "L1-20261201-000123"
+    assert R.part_id_from_registers(R.part_id_to_registers("X" * 32)) == "X" * 32
+    assert R.part_id_from_registers([0] * 16) is None  # empty: the bridge makes one
+    assert R.part_id_from_registers(R.part_id_to_registers("  P7 ")) == "P7"
+    with pytest.raises(R.PartIdError):
+        R.part_id_from_registers([0x4101, 0] + [0] * 14)  # "A\x01"
+    with pytest.raises(ValueError):
+        R.part_id_to_registers("X" * 33)
+
+
+def test_cell_codes_on_the_pin_grid_and_on_other_grids() -> None:
+    assert R.cell_code({"address": "X:3, Y:C", "column": "3", "row": "C"}, None) == 32
+    assert R.cell_code({"address": "X:9, Y:D", "column": "9", "row": "D"}, None) == 93
+    assert R.cell_code({"address": "X:1, Y:U", "column": "1", "row": "U"}, None) == 11
+    cells = ["X:A, Y:1", "X:B, Y:1", "X:A, Y:2", "X:B, Y:2"]  # row by row, as the grid orders
+    assert R.cell_code({"address": "X:A, Y:2", "column": "A", "row": "2"}, cells) == 3
+    assert R.cell_code({"address": "X:Q, Y:9", "column": "Q", "row": "9"}, cells) == 0xFFFF
+
+
+def test_result_registers_are_fail_safe() -> None:
+    ev = {"judges": {"metric": {"cells": {f"X:{c}, Y:{r}": 0.0 for r in "UCD"
+                                          for c in range(1, 10)}}}}
+    defects = [{"address": f"X:{c}, Y:U", "column": str(c), "row": "U"} for c in range(1, 10)]
+    ok = R.result_registers(PartResult("P1", True, "pass", "pass", seq=70001))
+    assert ok[:4] == [R.BIT_VALID | R.BIT_PASS, 70001 & 0xFFFF, 0, 0]
+    bad = R.result_registers(PartResult("P2", False, "defect", "defect", seq=5,
+                                        defects=defects, event=ev))
+    assert bad[0] == R.BIT_VALID | R.BIT_DEFECT and bad[2] == 9
+    assert bad[3:] == [11, 21, 31, 41, 51, 61, 71, 81]  # 8 codes; the count says 9
+    late = R.result_registers(PartResult("P3", False, "error", "no result within 0.5 s"))
+    assert late[0] == R.BIT_VALID | R.BIT_ERROR
+    busy = R.result_registers(PartResult("P4", False, "error", "refused: busy", refused=True))
+    assert busy[0] == R.BIT_VALID | R.BIT_ERROR | R.BIT_REFUSED
+
+
+# ------------------------------------------------------------------------------ real peers
+class Plc:
+    """The PLC's side of the handshake, over a real Modbus TCP connection."""
+
+    def __init__(self, port: int) -> None:
+        self.c = pymodbus_client.ModbusTcpClient("127.0.0.1", port=port, timeout=2)
+        deadline = time.monotonic() + 20
+        while not self.c.connect():
+            assert time.monotonic() < deadline, "bridge does not listen"
+            time.sleep(0.1)
+
+    def regs(self) -> list[int]:
+        r = self.c.read_holding_registers(0, count=12)
+        assert not r.isError(), r
+        return list(r.registers)
+
+    def wait(self, pred: Any, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            regs = self.regs()
+            if pred(regs):
+                return regs
+            assert time.monotonic() < deadline, regs
+            time.sleep(0.02)
+
+    def cycle(self, part_id: str, timeout: float = 15.0) -> list[int]:
+        """One part: id, trigger, result valid, read, ack; returns HR 0–11 at result valid."""
+        assert not self.c.write_registers(R.HR_PART_ID, R.part_id_to_registers(part_id)).isError()
+        assert not self.c.write_coil(R.COIL_TRIGGER, True).isError()
+        regs = self.wait(lambda r: r[R.HR_STATUS] & R.BIT_VALID, timeout)
+        assert not self.c.write_coil(R.COIL_ACK, True).isError()
+        after = self.regs()
+        assert after[R.HR_STATUS] & ~R.BIT_READY == 0 and after[3:12] == [0] * 9  # ack clears
+        self.c.write_coil(R.COIL_TRIGGER, False)
+        self.c.write_coil(R.COIL_ACK, False)
+        return regs
+
+    def close(self) -> None:
+        self.c.close()
+
+
+class Results:
+    """The station's own result events, by part id (the ground truth for the PLC's view)."""
+
+    def __init__(self, pub: str) -> None:
+        self.by_part: dict[str, dict[str, Any]] = {}
+        self.sub = EventSubscriber(pub, topics=("insp.result.",), since=0)
+        self.lock = threading.Lock()
+        self.sub.start(self._on)
+
+    def _on(self, ev: Event) -> None:
+        with self.lock:
+            self.by_part.setdefault(ev.data["part_id"], ev.data)
+
+    def get(self, part_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while part_id not in self.by_part:
+            assert time.monotonic() < deadline, f"no station event for {part_id}"
+            time.sleep(0.02)
+        return self.by_part[part_id]
+
+
+def expected_registers(ev: dict[str, Any]) -> tuple[int, int, int, list[int]]:
+    """Verdict bit, seq, defect count and codes the PLC must see for a station result."""
+    bit = {"pass": R.BIT_PASS, "defect": R.BIT_DEFECT}.get(ev["verdict"], R.BIT_ERROR)
+    codes = [int(d["column"]) * 10 + "UCD".index(d["row"]) + 1 for d in ev["defects"]][:8]
+    return bit, ev["seq"] & 0xFFFF, len(ev["defects"]), codes + [0] * (8 - len(codes))
+
+
+@pytest.mark.slow
+def test_plc_cycles_station_kill_and_restart(tmp_path: Path) -> None:
+    """20 PLC cycles match the station's events; kill -9 → heartbeat register stops and ready
+    drops within 3 s, a trigger meanwhile is rejected at once; restarted → cycles resume."""
+    station = DemoStation(tmp_path / "station").start()
+    port, late_port = free_ports(2)
+    br = bridge("modbus", [*station.station_args(), "--listen", f"127.0.0.1:{port}",
+                           "--deadline", "5"], tmp_path / "bridge.log")
+    # the same station through a bridge whose deadline no inspection can meet
+    late = bridge("modbus", [*station.station_args(), "--listen", f"127.0.0.1:{late_port}",
+                             "--deadline", "0.02"], tmp_path / "late.log")
+    truth = Results(station.pub)
+    plc = late_plc = None
+    try:
+        plc, late_plc = Plc(port), Plc(late_port)
+        plc.wait(lambda r: r[R.HR_STATUS] & R.BIT_READY, 20)
+        hb0 = plc.regs()[R.HR_HEARTBEAT]
+        seen: list[str] = []
+        for i in range(20):
+            pid = f"PLC-{i:03d}"
+            regs = plc.cycle(pid)
+            bit, seq, n, codes = expected_registers(truth.get(pid))
+            status = regs[R.HR_STATUS]
+            assert status & (R.BIT_PASS | R.BIT_DEFECT | R.BIT_ERROR) == bit, (pid, status)
+            assert not status & R.BIT_REFUSED
+            assert (regs[R.HR_SEQ], regs[R.HR_N_DEFECTS], regs[4:12]) == (seq, n, codes), pid
+            seen.append(truth.get(pid)["verdict"])
+        assert {"pass", "defect"} <= set(seen), seen
+        assert plc.regs()[R.HR_HEARTBEAT] > hb0  # counts while heartbeats arrive
+        # the same part id again is a new physical part: refused, never the old verdict
+        regs = plc.cycle("PLC-000")
+        assert regs[R.HR_STATUS] & (R.BIT_ERROR | R.BIT_REFUSED) == R.BIT_ERROR | R.BIT_REFUSED
+        # only the part id registers are writable
+        assert plc.c.write_register(R.HR_STATUS, 4).isError()
+        # a pass after the deadline never passes
+        late_plc.wait(lambda r: r[R.HR_STATUS] & R.BIT_READY, 20)
+        for i in range(2):
+            regs = late_plc.cycle(f"LATE-{i}")
+            assert regs[R.HR_STATUS] & (R.BIT_PASS | R.BIT_ERROR) == R.BIT_ERROR
+
+        # kill -9: heartbeat register stops, ready drops within 3 s
+        t_kill = time.monotonic()
+        station.stop(signal.SIGKILL)
+        hb_last, t_hb_change, t_ready_drop = plc.regs()[R.HR_HEARTBEAT], t_kill, None
+        while time.monotonic() < t_kill + 5.0:
+            regs = plc.regs()
+            if regs[R.HR_HEARTBEAT] != hb_last:
+                hb_last, t_hb_change = regs[R.HR_HEARTBEAT], time.monotonic()
+            if t_ready_drop is None and not regs[R.HR_STATUS] & R.BIT_READY:
+                t_ready_drop = time.monotonic()
+            time.sleep(0.05)
+        assert t_ready_drop is not None and t_ready_drop - t_kill <= 3.3, t_ready_drop
+        assert t_hb_change - t_kill <= 2.5  # the counter stopped (no change for the last 2.5 s)
+        t0 = time.monotonic()
+        regs = plc.cycle("WHILE-DOWN", timeout=2.0)
+        assert regs[R.HR_STATUS] & (R.BIT_PASS | R.BIT_ERROR) == R.BIT_ERROR
+        assert time.monotonic() - t0 < 1.0  # rejected at once, not after the deadline
+        print(f"\nready dropped {t_ready_drop - t_kill:.2f} s after kill -9; heartbeat register "
+              f"last changed {t_hb_change - t_kill:.2f} s after")
+
+        # restart on the same ports and state: cycles resume, seq continues
+        last_seq = max(ev["seq"] for ev in truth.by_part.values())
+        station.start()
+        plc.wait(lambda r: r[R.HR_STATUS] & R.BIT_READY, 30)
+        for i in range(3):
+            pid = f"AFTER-{i}"
+            regs = plc.cycle(pid)
+            ev = truth.get(pid)
+            bit, seq, n, codes = expected_registers(ev)
+            assert ev["seq"] > last_seq
+            assert regs[R.HR_STATUS] & (R.BIT_PASS | R.BIT_DEFECT | R.BIT_ERROR) == bit
+            assert (regs[R.HR_SEQ], regs[R.HR_N_DEFECTS], regs[4:12]) == (seq, n, codes)
+    finally:
+        for p in (plc, late_plc):
+            if p is not None:
+                p.close()
+        truth.sub.close()
+        late.stop()
+        assert br.stop() == 0, br.text()[-3000:]
+        station.stop()
