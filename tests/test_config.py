@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.cli import station
+from support.files import write
 
 from pipeline.base.errors import EXIT_CONFIG, ConfigError
 from pipeline.recipe import Recipe
 from pipeline.vlm.settings import effective_vlm_settings
 from station.config import load_config
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture()
@@ -104,13 +99,11 @@ def test_recipe_errors_name_line(tmp_path: Path, recipe_dir: Path) -> None:
 
 def test_cli_exit_78(tmp_path: Path, recipe_dir: Path) -> None:
     path = write(tmp_path / "bad.yaml", f"recipe: {recipe_dir}\nmode: sometimes\n")
-    proc = subprocess.run([sys.executable, "-m", "station.cli", "check-config", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = station("check-config", str(path))
     assert proc.returncode == EXIT_CONFIG
     assert f"{path}:2" in proc.stderr and proc.stderr.count("\n") == 1
     good = write(tmp_path / "good.yaml", f"recipe: {recipe_dir}\n")
-    proc = subprocess.run([sys.executable, "-m", "station.cli", "check-config", str(good)],
-                          capture_output=True, text=True, timeout=60)
+    proc = station("check-config", str(good))
     assert proc.returncode == 0, proc.stderr
     assert '"ok": true' in proc.stdout
 
@@ -266,8 +259,3 @@ def test_check_config_cli_refuses_duplicate_key_bad_port(tmp_path: Path, recipe_
     assert proc.returncode == EXIT_CONFIG
     assert f"{folder / 'recipe.yaml'}:{len(text.splitlines()) + 1}: duplicate key 'version'" in (
         proc.stderr)
-
-
-def station(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "station.cli", *args], capture_output=True,
-                          text=True, timeout=120)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from support.files import write
 
 from pipeline.base.errors import ConfigError
 from pipeline.base.yamlconf import (
@@ -42,11 +43,6 @@ class Section:
 class Top:
     name: str
     section: Overrides[Section] = field(default_factory=lambda: Overrides(Section))
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
 
 
 @pytest.mark.parametrize(("text", "line", "key"), [
