@@ -309,7 +309,7 @@ def open_replay_source(path: str | Path) -> FrameSource:
 
     - a ``.csv`` file → :class:`ManifestSource`;
     - a folder with ``recording.jsonl`` or ``index.jsonl`` → ``camera.recording.RecordingSource``;
-    - a folder with ``manifest.csv`` (what ``camera.synthetic.write_line`` writes) → that manifest;
+    - a folder with ``manifest.csv`` (what ``camera.synth.write_line`` writes) → that manifest;
     - any other folder, or a single image file → :class:`ImageFolderSource`;
     - a video file (``VIDEO_EXTENSIONS``) → :class:`VideoFileSource`.
 
