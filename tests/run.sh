@@ -33,10 +33,25 @@ if [ ${#missing[@]} -gt 0 ]; then
   done
 fi
 
+# Debian's mosquitto for the MQTT bridge tests (each test starts its own broker on loopback;
+# the system service is not used).
+if ! dpkg-query -W -f='${Status}' mosquitto 2>/dev/null | grep -q "install ok installed"; then
+  echo "== installing mosquitto (Debian package) for the MQTT bridge tests"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  for try in 1 2 3 4 5 6; do  # another process may hold the dpkg lock for a minute
+    if $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+        --no-install-recommends mosquitto >/dev/null; then
+      break
+    fi
+    [ "$try" = 6 ] && { echo "apt-get install mosquitto failed" >&2; exit 1; }
+    sleep 15
+  done
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 echo "== installing the package with its pinned test dependencies"
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[vlm,test,genicam]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[vlm,test,genicam,bridges]'
 
 echo "== ruff"
 .venv/bin/ruff check .
