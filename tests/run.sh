@@ -48,6 +48,21 @@ if ! dpkg-query -W -f='${Status}' mosquitto 2>/dev/null | grep -q "install ok in
   done
 fi
 
+# Debian's chromium for the operator page test (tests/test_web.py drives it through Playwright
+# with executable_path=/usr/bin/chromium: no browser download).
+if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed"; then
+  echo "== installing chromium (Debian package) for the operator page test"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  for try in 1 2 3 4 5 6; do  # another process may hold the dpkg lock for a minute
+    if $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+        --no-install-recommends chromium >/dev/null; then
+      break
+    fi
+    [ "$try" = 6 ] && { echo "apt-get install chromium failed" >&2; exit 1; }
+    sleep 15
+  done
+fi
+
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 echo "== installing the package with its pinned test dependencies"
