@@ -7,7 +7,11 @@ Pipeline per frame (everything golden-side is precomputed in :class:`Aligner`'s 
    move with translation), then translation by phase correlation of the derotated frame.  Both
    peak searches are limited to the allowed pose range (``max_rotation_deg``, ``max_shift_px``).
 2. **ECC** (``cv2.findTransformECC``) at that resolution with the requested motion model,
-   started from the coarse pose.
+   started from the coarse pose, then (fallback) from the nominal pose (identity).  A candidate
+   is taken only when its pose, also after the polish, lies in the allowed range (shift,
+   rotation, and a stretch of at most ``MAX_STRETCH``): a low-texture part (a few pads along one
+   edge, long parallel bars) can give a wrong, stretched pose a high ECC score.  For ``affine`` and
+   ``homography`` the rigid (``euclidean``) fit is the last resort.
 3. **Polish** at ``scale`` (default 1/2): a few Gauss–Newton steps of the same criterion (least
    squares after the best gain/offset, i.e. ECC) on the golden's ~16 k strongest-gradient pixels,
    inverse-compositional so the golden's Jacobians are computed once; Huber-weighted so a defect
@@ -24,12 +28,17 @@ limits apply to the deviation from that nominal pose, and at least ``MIN_COVERAG
 must be covered.  Other sizes are refused.  Failures never raise: they return
 ``Alignment(ok=False, reason="alignment_failed: …")``.
 
+:class:`LocalAligner` re-aligns an aligned frame locally (a smooth deformation field of a few
+pixels that one warp cannot absorb); the judges that compare pixels use it.
+
 An :class:`Aligner` keeps no per-frame state and may be shared by threads (OpenCV and numpy
 release the GIL), but each call is single-frame work: run one per worker for throughput.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import re
 from collections.abc import Iterator
@@ -46,6 +55,7 @@ MOTIONS: dict[str, int] = {
 }
 MAX_SIZE_MISMATCH = 0.25  # relative, per dimension
 MIN_COVERAGE = 0.5  # fraction of the golden the aligned frame must cover
+MAX_STRETCH = 0.1  # largest scale change / shear of an accepted pose (singular values 1 ± this)
 MASK_INSET_PX = 1.5  # keep only golden pixels whose bilinear source lies fully inside the frame
 COARSE_MAX_SIDE = 400  # px; the coarse level is at most this long
 POLISH_POINTS = 16384
@@ -279,32 +289,38 @@ class Aligner:
         v = (ys - cy0) / self._norm_len
         tx = gx[ys, xs].astype(np.float64) * self._norm_len
         ty = gy[ys, xs].astype(np.float64) * self._norm_len
-        if self.motion == "translation":
-            cols = [tx, ty]
-        elif self.motion == "euclidean":
-            cols = [ty * u - tx * v, tx, ty]
-        elif self.motion == "affine":
-            cols = [tx * u, tx * v, tx, ty * u, ty * v, ty]
-        else:
-            radial = tx * u + ty * v
-            cols = [tx * u, tx * v, tx, ty * u, ty * v, ty, -radial * u, -radial * v]
         tvals = gold[ys, xs].astype(np.float64)
-        # Columns: steepest-descent images, then the gain (golden value) and offset terms.
-        self._design = np.stack([*cols, tvals, np.ones_like(tvals)], axis=1)
+
+        def design(motion: str) -> np.ndarray:
+            if motion == "translation":
+                cols = [tx, ty]
+            elif motion == "euclidean":
+                cols = [ty * u - tx * v, tx, ty]
+            elif motion == "affine":
+                cols = [tx * u, tx * v, tx, ty * u, ty * v, ty]
+            else:
+                radial = tx * u + ty * v
+                cols = [tx * u, tx * v, tx, ty * u, ty * v, ty, -radial * u, -radial * v]
+            # Columns: steepest-descent images, then the gain (golden value) and offset terms.
+            return np.stack([*cols, tvals, np.ones_like(tvals)], axis=1)
+
+        self._designs = {self.motion: design(self.motion)}
+        if self.motion in ("affine", "homography"):  # the rigid fallback (see _align)
+            self._designs["euclidean"] = design("euclidean")
         self._pts = np.stack([xs, ys, np.ones_like(xs)]).astype(np.float64)  # 3 x N, fine px
         self._corners = np.array([[0, fw - 1, fw - 1, 0], [0, 0, fh - 1, fh - 1], [1, 1, 1, 1.0]])
 
     # ------------------------------------------------------------------------------ frame side
 
-    def _delta(self, dp: np.ndarray) -> np.ndarray:
+    def _delta(self, dp: np.ndarray, motion: str) -> np.ndarray:
         """Incremental warp (3x3, fine-level px) for polish parameters ``dp``."""
         m = np.eye(3)
-        if self.motion == "translation":
+        if motion == "translation":
             m[:2, 2] = dp
-        elif self.motion == "euclidean":
+        elif motion == "euclidean":
             c, s = math.cos(dp[0]), math.sin(dp[0])
             m[:2] = [[c, -s, dp[1]], [s, c, dp[2]]]
-        elif self.motion == "affine":
+        elif motion == "affine":
             m[:2] += dp.reshape(2, 3)
         else:
             m += np.append(dp, 0.0).reshape(3, 3)
@@ -348,8 +364,8 @@ class Aligner:
             yield rot @ shift
 
     def _ecc_coarse(self, coarse: np.ndarray, mask: np.ndarray | None,
-                    init: np.ndarray) -> tuple[float, np.ndarray]:
-        motion = MOTIONS[self.motion]
+                    init: np.ndarray, motion_name: str) -> tuple[float, np.ndarray]:
+        motion = MOTIONS[motion_name]
         warp = (init if motion == cv2.MOTION_HOMOGRAPHY else init[:2]).astype(np.float32)
         criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, ECC_COARSE_ITER,
                     ECC_COARSE_EPS)
@@ -357,15 +373,15 @@ class Aligner:
                                         mask, 5)
         return float(cc), _as_3x3(warp.astype(np.float64))
 
-    def _polish(self, fine: np.ndarray, warp: np.ndarray) -> np.ndarray:
+    def _polish(self, fine: np.ndarray, warp: np.ndarray, motion: str) -> np.ndarray:
         """Refine a golden→frame warp (3x3, fine px) on the golden's edge pixels."""
         fh, fw = fine.shape
-        design = self._design
+        design = self._designs[motion]
         n_par = design.shape[1] - 2
         weights: np.ndarray | None = None
         for _ in range(POLISH_MAX_ITER):
             q = warp @ self._pts
-            if self.motion == "homography":
+            if motion == "homography":
                 q = q[:2] / q[2]
             qx = q[0].astype(np.float32)
             qy = q[1].astype(np.float32)
@@ -387,7 +403,7 @@ class Aligner:
             resid = np.abs(vals - design @ sol)
             sigma = 1.4826 * float(np.median(resid[inside])) + 1e-6
             weights = np.minimum(1.0, 1.345 * sigma / np.maximum(resid, 1e-12))
-            delta = self._delta(dp)
+            delta = self._delta(dp, motion)
             warp = warp @ np.linalg.inv(delta)
             moved = delta @ self._corners
             if float(np.abs(moved[:2] / moved[2] - self._corners[:2]).max()) < POLISH_TOL_PX:
@@ -456,35 +472,62 @@ class Aligner:
             coarse[:cy, :cx] = small[:cy, :cx]
             mask[:cy, :cx] = 255
 
-        best: tuple[float, np.ndarray] | None = None
-        error: cv2.error | None = None
-        for init in self._coarse_pose(coarse, mask):
-            try:
-                cc, warp_c = self._ecc_coarse(coarse, mask, init)
-            except cv2.error as exc:
-                error = exc
-                continue
-            if best is None or cc > best[0]:
-                best = (cc, warp_c)
-            if cc >= self.min_score:
-                break
-        if best is None:
-            assert error is not None
-            raise error
-        coarse_cc = best[0]
-        # golden-coarse → frame-coarse  ⇒  golden-fine → frame-fine
-        warp_f = (p_fine @ np.linalg.inv(p_coarse) @ best[1] @ self._p_coarse
+        # ECC from each coarse pose, then from the nominal pose (identity): a low-texture part
+        # (long parallel bars) can give phase correlation a wrong peak that ECC still fits well,
+        # so a candidate whose pose lies outside the allowed range does not count, whatever its
+        # score, and the identity start is the fallback.
+        def to_fine(warp_c: np.ndarray) -> np.ndarray:
+            # golden-coarse → frame-coarse  ⇒  golden-fine → frame-fine
+            wf = (p_fine @ np.linalg.inv(p_coarse) @ warp_c @ self._p_coarse
                   @ np.linalg.inv(self._p_fine))
-        if self.motion != "homography":
-            warp_f[2] = (0, 0, 1)
-        pose = self._pose(np.linalg.inv(p_fine) @ warp_f @ self._p_fine)
-        if self._pose_out_of_range(pose, slack=2.0):
-            return self._pose_failure(pose, coarse_cc)
+            if self.motion != "homography":
+                wf[2] = (0, 0, 1)
+            return wf
 
-        try:
-            warp_f = self._polish(fine.astype(np.float32), warp_f)
-        except _Failed as exc:
-            return _fail(f"{exc} (coarse ecc {coarse_cc:.2f})", coarse_cc, pose)
+        nominal = p_coarse @ np.linalg.inv(self._p_coarse)
+        fine_f = fine.astype(np.float32)
+        best: tuple[float, np.ndarray] | None = None  # best coarse fit, in range or not
+        error: cv2.error | None = None
+        found: tuple[float, np.ndarray] | None = None  # (coarse cc, polished golden→frame)
+        inits = list(itertools.chain(self._coarse_pose(coarse, mask), [nominal]))
+        # an affine/projective fit may stretch a part with edges in one direction only (bars) far
+        # beyond any real scale change; the rigid (euclidean) fit is the fallback
+        for motion in self._designs:
+            for init in inits:
+                try:
+                    cc, warp_c = self._ecc_coarse(coarse, mask, init, motion)
+                except cv2.error as exc:
+                    error = exc
+                    continue
+                if motion == self.motion and (best is None or cc > best[0]):
+                    best = (cc, warp_c)
+                warp_f = to_fine(warp_c)
+                if cc < self.min_score or self._out_of_range(p_fine, warp_f):
+                    continue
+                try:
+                    warp_f = self._polish(fine_f, warp_f, motion)
+                except _Failed:
+                    continue
+                if not self._out_of_range(p_fine, warp_f):
+                    found = (cc, warp_f)
+                    break
+            if found is not None:
+                break
+        if found is None:  # no candidate in range: report why with the best coarse fit
+            if best is None:
+                assert error is not None
+                raise error
+            coarse_cc = best[0]
+            warp_f = to_fine(best[1])
+            pose = self._pose(np.linalg.inv(p_fine) @ warp_f @ self._p_fine)
+            if self._pose_out_of_range(pose, slack=2.0):
+                return self._pose_failure(pose, coarse_cc)
+            try:
+                warp_f = self._polish(fine_f, warp_f, self.motion)
+            except _Failed as exc:
+                return _fail(f"{exc} (coarse ecc {coarse_cc:.2f})", coarse_cc, pose)
+        else:
+            coarse_cc, warp_f = found
         g2f = np.linalg.inv(p_fine) @ warp_f @ self._p_fine
         pose = self._pose(g2f)
         if self._pose_out_of_range(pose):
@@ -511,6 +554,16 @@ class Aligner:
         out = f2g if self.motion == "homography" else f2g[:2]
         return Alignment(ok=True, image=image, valid=valid, warp=out.astype(np.float32),
                          score=score, reason=None, shift=pose[:2], rotation_deg=pose[2])
+
+    def _out_of_range(self, p_fine: np.ndarray, warp_f: np.ndarray) -> bool:
+        """Whether a golden→frame warp (fine px) lies outside the allowed pose range or
+        stretches the part by more than ``MAX_STRETCH``."""
+        g2f = np.linalg.inv(p_fine) @ warp_f @ self._p_fine
+        if self._pose_out_of_range(self._pose(g2f)):
+            return True
+        sv = np.linalg.svd(g2f[:2, :2] / (g2f[2, 2] if self.motion == "homography" else 1.0),
+                           compute_uv=False)
+        return bool(np.abs(sv - 1.0).max() > MAX_STRETCH)
 
     def _pose_out_of_range(self, pose: tuple[float, float, float], slack: float = 1.0) -> bool:
         return (math.hypot(pose[0], pose[1]) > self.max_shift_px * slack + 1e-6
@@ -546,3 +599,129 @@ class Aligner:
         cv2.fillConvexPoly(mask, np.round(q * (1 << shift)).astype(np.int32), 255,
                            lineType=cv2.LINE_8, shift=shift)
         return mask
+
+
+# ------------------------------------------------------------------------------ local re-alignment
+
+
+def _hat_weights(n_blocks: int, n_ctrl: int) -> np.ndarray:
+    """``(n_blocks, n_ctrl)`` linear-interpolation weights of control points spread evenly over
+    the blocks' centres (the first and last control points on the outer blocks' centres)."""
+    pos = (np.arange(n_blocks) + 0.5) / n_blocks * (n_ctrl - 1)
+    return np.maximum(0.0, 1.0 - np.abs(pos[:, None] - np.arange(n_ctrl)[None, :]))
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only float32 pixel coordinates ``(x, y)`` of an ``h×w`` image (shared, cached)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    x.flags.writeable = False
+    y.flags.writeable = False
+    return x, y
+
+
+class LocalAligner:
+    """Local re-alignment of an already aligned frame: a smooth deformation field.
+
+    One affine warp cannot absorb a board that stretches unevenly (a residual shift running from
+    −2 px to +2.5 px across the image).  The field is a bilinear spline on ``grid``×``grid``
+    control points, fitted by one linearised least-squares problem (Lucas–Kanade on the blocks of
+    a half-resolution, slightly blurred copy, every block tied to its neighbours through the
+    spline, so a block with edges in one direction only or none is carried by the others) and
+    iterated ``iters`` times.  Displacements are clipped to ``max_px``.  A defect barely moves a
+    field with so few degrees of freedom; the golden-side terms are computed once.
+    """
+
+    def __init__(self, golden: np.ndarray, *, grid: int = 4, max_px: float = 3.0,
+                 block: int = 32, scale: float = 0.5, blur: float = 1.0, iters: int = 2,
+                 reg: float = 1e-3) -> None:
+        g = _to_grey(golden).astype(np.float32)
+        self.h, self.w = g.shape
+        self.scale = float(scale)
+        self.max_px = float(max_px)
+        self.iters = int(iters)
+        self.blur = float(blur)
+        self.lw, self.lh = max(1, round(self.w * scale)), max(1, round(self.h * scale))
+        self.block = block
+        self.nby, self.nbx = -(-self.lh // block), -(-self.lw // block)
+        low = cv2.resize(g, (self.lw, self.lh), interpolation=cv2.INTER_AREA)
+        self._gb = cv2.GaussianBlur(low, (0, 0), blur)
+        self._gx = cv2.Sobel(self._gb, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8)
+        self._gy = cv2.Sobel(self._gb, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8)
+        sxx = self._block_sums(self._gx * self._gx)
+        syy = self._block_sums(self._gy * self._gy)
+        sxy = self._block_sums(self._gx * self._gy)
+        wy, wx = _hat_weights(self.nby, grid), _hat_weights(self.nbx, grid)
+        self._basis = np.einsum("ik,jl->ijkl", wy, wx).reshape(self.nby * self.nbx, grid * grid)
+        b = self._basis
+        nc = grid * grid
+        a = np.zeros((2 * nc, 2 * nc))
+        a[:nc, :nc] = b.T @ (sxx[:, None] * b)
+        a[:nc, nc:] = b.T @ (sxy[:, None] * b)
+        a[nc:, :nc] = a[:nc, nc:].T
+        a[nc:, nc:] = b.T @ (syy[:, None] * b)
+        trace = float(np.trace(a))
+        # no edges at all (a blank golden): nothing to re-align on, the field stays 0
+        self._solve = (np.linalg.inv(a + reg * trace / (2 * nc) * np.eye(2 * nc))
+                       if trace > 1e-6 else None)
+        self._nc = nc
+        self._lx, self._ly = _pixel_grid(self.lh, self.lw)
+        self._fx, self._fy = _pixel_grid(self.h, self.w)
+
+    def _block_sums(self, a: np.ndarray) -> np.ndarray:
+        return cv2.resize(a, (self.nbx, self.nby), interpolation=cv2.INTER_AREA).astype(
+            np.float64).ravel()
+
+    def _blocks(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        u = (self._basis @ c[: self._nc]).reshape(self.nby, self.nbx).astype(np.float32)
+        v = (self._basis @ c[self._nc :]).reshape(self.nby, self.nbx).astype(np.float32)
+        return u, v
+
+    def field(self, frame: np.ndarray, valid: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-block displacements ``(u, v)`` in full-resolution px, shape ``(nby, nbx)``:
+        ``frame(p + d) ≈ golden(p)``."""
+        zero = np.zeros((self.nby, self.nbx), np.float32)
+        if self._solve is None:
+            return zero, zero.copy()
+        low = cv2.resize(_to_grey(frame).astype(np.float32), (self.lw, self.lh),
+                         interpolation=cv2.INTER_AREA)
+        xb = cv2.GaussianBlur(low, (0, 0), self.blur)
+        if valid is not None:  # pixels the alignment did not cover carry no information
+            vl = cv2.resize(valid, (self.lw, self.lh), interpolation=cv2.INTER_NEAREST)
+            xb = np.where(vl > 0, xb, self._gb)
+        c = np.zeros(2 * self._nc)
+        lim = self.max_px * self.scale
+        for it in range(self.iters):
+            if it == 0:
+                xw = xb
+            else:
+                u, v = self._blocks(c)
+                size = (self.lw, self.lh)
+                xw = cv2.remap(xb, self._lx + cv2.resize(u, size), self._ly + cv2.resize(v, size),
+                               cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            e = xw - self._gb
+            rhs = np.concatenate([self._basis.T @ self._block_sums(self._gx * e),
+                                  self._basis.T @ self._block_sums(self._gy * e)])
+            c = np.clip(c - self._solve @ rhs, -lim, lim)
+        u, v = self._blocks(c)
+        return u / np.float32(self.scale), v / np.float32(self.scale)
+
+    def warp(self, image: np.ndarray, u: np.ndarray, v: np.ndarray,
+             interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+        """``image`` resampled through the field: ``out(p) = image(p + d(p))``."""
+        size = (self.w, self.h)
+        mx = self._fx + cv2.resize(u, size, interpolation=cv2.INTER_LINEAR)
+        my = self._fy + cv2.resize(v, size, interpolation=cv2.INTER_LINEAR)
+        return cv2.remap(image, mx, my, interpolation, borderMode=cv2.BORDER_REPLICATE)
+
+    def realign(self, frame: np.ndarray, valid: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``frame`` (and its valid mask) re-aligned locally to the golden."""
+        u, v = self.field(frame, valid)
+        if not (np.any(u) or np.any(v)):
+            return frame, valid
+        out = self.warp(frame, u, v)
+        if valid is not None:
+            valid = self.warp(valid, u, v, cv2.INTER_NEAREST)
+        return out, valid

@@ -4,13 +4,24 @@ A recipe folder holds ``recipe.yaml`` (settings, grid, per-cell thresholds, VLM 
 ``golden.png`` (the golden reference) and ``unitspace.npz`` (the NSOARTC unit space).  Its content
 hash (over those three files) goes into every event, so a result can always be traced to the exact
 recipe that produced it.
+
+``recipe.sha256`` seals the folder: its first line is that content hash, the next lines each
+file's own SHA-256 (``<hex>  <name>``, as ``sha256sum`` writes them).  :meth:`Recipe.load`
+refuses a recipe whose files do not match their seal (naming the file that changed), whose unit
+space is not finite and positive definite with the golden's window shape, or whose thresholds
+are not finite and > 0: every such problem is a ConfigError naming the file (exit 78).  After a
+deliberate edit (thresholds tuned by hand), :func:`seal_recipe` (``station recipe seal DIR``)
+writes the seal again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,8 +46,10 @@ from pipeline.nsoartc import (  # the golden-side sums are computed once per rec
     _GoldenSums,
     _split_channels,
     synth_good_frames,
+    windows_shape,
 )
 from pipeline.photometric import PhotometricNormalizer
+from pipeline.variation import VariationSettings
 from pipeline.vlm.settings import VlmSettings
 
 log = logging.getLogger(__name__)
@@ -44,6 +57,8 @@ log = logging.getLogger(__name__)
 RECIPE_FILE = "recipe.yaml"
 GOLDEN_FILE = "golden.png"
 UNIT_SPACE_FILE = "unitspace.npz"
+SEAL_FILE = "recipe.sha256"
+_CONTENT_FILES = (RECIPE_FILE, GOLDEN_FILE, UNIT_SPACE_FILE)
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,8 @@ class RecipeSettings:
     # judges run on every part, in order, by registered name (pipeline.judges); ``vlm`` is
     # appended when the VLM is enabled
     judges: list[str] = field(default_factory=lambda: ["metric"])
+    # the variation judge (pipeline.judges.variation), when listed in ``judges``
+    variation: VariationSettings = field(default_factory=VariationSettings)
     # the keys of the recipe's ``vlm:`` section as given (checked when loaded); the station config
     # and command line override them key by key (pipeline.vlm.settings.effective_vlm_settings)
     vlm: Overrides[VlmSettings] = field(default_factory=lambda: Overrides(VlmSettings))
@@ -150,10 +167,59 @@ class RecipeSettings:
 
 def _recipe_hash(folder: Path) -> str:
     h = hashlib.sha256()
-    for name in (RECIPE_FILE, GOLDEN_FILE, UNIT_SPACE_FILE):
+    for name in _CONTENT_FILES:
         h.update(name.encode())
         h.update((folder / name).read_bytes())
     return h.hexdigest()
+
+
+def seal_recipe(folder: str | Path) -> str:
+    """Write ``recipe.sha256`` for the folder's current files (the content hash, then each
+    file's SHA-256); returns the content hash.  Used when a recipe is saved, and after a
+    deliberate hand edit (``station recipe seal``)."""
+    folder = Path(folder)
+    try:
+        digest = _recipe_hash(folder)
+    except OSError as exc:
+        raise ConfigError(f"cannot seal the recipe: {exc}", str(folder)) from None
+    lines = [digest] + [f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}"
+                        for n in _CONTENT_FILES]
+    write_bytes_atomic(folder / SEAL_FILE, ("\n".join(lines) + "\n").encode())
+    return digest
+
+
+def verify_seal(folder: str | Path) -> str:
+    """The content hash of the folder when it matches ``recipe.sha256``; ConfigError naming
+    the seal and the file that changed (or the missing seal) otherwise."""
+    folder = Path(folder)
+    seal = folder / SEAL_FILE
+    try:
+        lines = seal.read_text(encoding="ascii").split("\n")
+    except FileNotFoundError:
+        raise ConfigError(f"{SEAL_FILE} is missing: the recipe's integrity cannot be checked "
+                          "(rebuild it, or seal it with `station recipe seal DIR`)",
+                          str(seal)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{SEAL_FILE} unreadable: {exc}", str(seal)) from None
+    expected = lines[0].strip().lower()
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise ConfigError(f"{SEAL_FILE} line 1 is not a SHA-256 hex digest", f"{seal}:1")
+    digest = _recipe_hash(folder)
+    if digest == expected:
+        return digest
+    changed = []
+    for i, line in enumerate(lines[1:], start=2):
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") in _CONTENT_FILES:
+            name = parts[1].lstrip("*")
+            if hashlib.sha256((folder / name).read_bytes()).hexdigest() != parts[0].lower():
+                changed.append(f"{name} (line {i})")
+    what = (f"{', '.join(changed)} changed" if changed
+            else f"{', '.join(_CONTENT_FILES)} changed")
+    raise ConfigError(f"content hash mismatch: {what} since the recipe was sealed (sealed "
+                      f"{expected[:12]}, found {digest[:12]}); a tampered or damaged recipe is "
+                      "not run (rebuild it, or `station recipe seal DIR` after a deliberate edit)",
+                      str(seal))
 
 
 def read_image(path: str | Path, *, grey: bool = False) -> np.ndarray:
@@ -237,18 +303,22 @@ class Recipe:
         if extra:
             where = doc.where(("thresholds", extra[0]))
             raise ConfigError(f"threshold for unknown cell {extra[0]!r}", where)
+        _check_thresholds(settings.thresholds, doc)
         try:
             golden = read_image(folder / GOLDEN_FILE)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ConfigError(f"golden unreadable: {exc}", str(folder / GOLDEN_FILE)) from None
         golden = to_channels(golden, settings.nsoartc.channels)
         _check_grid_inside(grid, golden.shape[:2], doc)
+        us_path = folder / UNIT_SPACE_FILE
         try:
-            unit_space = UnitSpace.load(folder / UNIT_SPACE_FILE)
-        except (OSError, ValueError, KeyError) as exc:
-            where = str(folder / UNIT_SPACE_FILE)
-            raise ConfigError(f"unit space unreadable: {exc}", where) from None
-        return cls(settings, golden, unit_space, grid, folder, _recipe_hash(folder))
+            unit_space = UnitSpace.load(us_path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            why = str(exc) or type(exc).__name__
+            raise ConfigError(f"unit space unreadable (truncated or not a unit-space file): "
+                              f"{why}", str(us_path)) from None
+        _check_unit_space(unit_space, golden.shape[:2], settings.nsoartc, us_path)
+        return cls(settings, golden, unit_space, grid, folder, verify_seal(folder))
 
     def save(self, folder: str | Path) -> Path:
         """Write the recipe folder (atomic per file) and set ``hash``; returns the folder."""
@@ -266,8 +336,7 @@ class Recipe:
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
         write_bytes_atomic(folder / RECIPE_FILE, text.encode())
         self.folder = folder
-        self.hash = _recipe_hash(folder)
-        (folder / "recipe.sha256").write_text(self.hash + "\n")
+        self.hash = seal_recipe(folder)
         return folder
 
 
@@ -277,6 +346,49 @@ def _cell_scorer(grid: AddressGrid, shape: tuple[int, int],
     inset = settings.nsoartc.window // 2 if c.inset is None else c.inset
     return CellScorer(grid, shape, inset=inset, support=c.support,
                       quantile=1.0 if c.statistic == "max" else c.quantile)
+
+
+def _check_thresholds(thresholds: Mapping[str, Any], doc: YamlDoc) -> None:
+    """Every threshold a finite number > 0 (NaN, inf, 0 or negative would pass or fail every
+    part); ConfigError at its line."""
+    for address, t in thresholds.items():
+        ok = isinstance(t, int | float) and not isinstance(t, bool)
+        if not ok or not math.isfinite(t) or t <= 0:
+            raise ConfigError(f"threshold for {address!r} must be a finite number > 0, not {t!r}",
+                              doc.where(("thresholds", address)))
+
+
+def _check_unit_space(us: UnitSpace, golden_shape: tuple[int, int], n: NsoartcSettings,
+                      path: Path) -> None:
+    """The unit space fits the golden (its window shape for the recipe's stride and channels,
+    its k/stride) and is usable: every value finite, every window's inverse covariance
+    ``[[a, b], [b, c]]`` positive definite (a zeroed or negated inverse would pass any part)."""
+    want: tuple[int, ...] = windows_shape(golden_shape, n.stride)
+    if n.channels == "bgr":
+        want = (3, *want)
+    h, w = golden_shape
+    if us.shape != want:
+        raise ConfigError(f"unit space shape {us.shape} does not fit the golden ({w}x{h}, "
+                          f"{n.channels}, stride {n.stride}: expected {want}); the golden or the "
+                          "unit space is of another recipe", str(path))
+    for key, val in (("k", n.window), ("stride", n.stride)):
+        if key in us.meta and int(us.meta[key]) != val:
+            raise ConfigError(f"unit space was built with {key}={us.meta[key]}, the recipe says "
+                              f"{val}", str(path))
+    arrays = {"mu1": us.mu1, "mu2": us.mu2, "inv_a": us.inv_a, "inv_b": us.inv_b,
+              "inv_c": us.inv_c}
+    for name, arr in arrays.items():
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise ConfigError(f"unit space {name}: {bad} value(s) not finite", str(path))
+    a = us.inv_a.astype(np.float64)
+    b = us.inv_b.astype(np.float64)
+    c = us.inv_c.astype(np.float64)
+    not_pd = (a <= 0) | (c <= 0) | (a * c - b * b <= 0)
+    bad = int(np.count_nonzero(not_pd))
+    if bad:
+        raise ConfigError(f"unit space inverse covariance not positive definite in {bad} of "
+                          f"{not_pd.size} window(s)", str(path))
 
 
 def _check_grid_inside(grid: AddressGrid, shape: tuple[int, int], doc: YamlDoc) -> None:
@@ -409,6 +521,7 @@ def build_recipe(
         unit_space=base.unit_space,
         cells=base.cells,
         judges=list(base.judges),
+        variation=base.variation,
         vlm=base.vlm if vlm is None else Overrides.from_mapping(
             VlmSettings, vlm, "build_recipe(vlm=...)", key_path=("vlm",)),
         built=built,

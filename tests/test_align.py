@@ -293,3 +293,20 @@ def test_bench_runs() -> None:
 
     ms = bench_align(repeats=2, size=(320, 256))
     assert 0.0 < ms < 1000.0
+
+
+def test_low_texture_part_gets_the_rigid_fallback_not_a_stretched_pose() -> None:
+    """A part whose only features are a few pads along one edge (DeepPCB has such boards): an
+    affine fit may stretch it to a wrong pose with a high ECC score (here ~27 px off); the pose
+    must stay within the recipe's range and the stretch within MAX_STRETCH, with the rigid fit
+    and the identity start as fallbacks."""
+    g = np.full((640, 640), 255, np.uint8)
+    g[612:, 0:86] = 0
+    g[612:, 160:283] = 0
+    g[610:, 320:405] = 0
+    g[612:, 480:603] = 0
+    frame = cv2.warpAffine(g, np.float32([[1, 0, 1.0], [0, 1, -0.5]]), (640, 640),
+                           borderMode=cv2.BORDER_REPLICATE)
+    result = Aligner(g, motion="affine", min_score=0.5).align(frame)
+    assert result.ok, result.reason
+    assert abs(result.shift[0] - 1.0) < 0.3 and abs(result.shift[1] + 0.5) < 0.3
