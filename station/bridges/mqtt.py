@@ -42,7 +42,7 @@ from station.client import CurveKeys, Event, EventSubscriber, Notice
 log = logging.getLogger(__name__)
 
 POSITION_FILE = "position.json"
-PERSIST_EVERY_S = 0.5
+PERSIST_EVERY_S = 0.1  # a kill -9 re-sends at most this much (QoS 1: at least once)
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ class MqttBridge:
         self._mid_seq: dict[int, int] = {}
         self._acks: deque[int] = deque()
         self.connected = threading.Event()
+        self._stopping = False
         self.published = 0
         self.client = self._make_client()
 
@@ -151,7 +152,7 @@ class MqttBridge:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping:
             log.warning("lost the broker %s:%d (%s): pausing at seq %s, resuming from the "
                         "journal when it is back", self.s.host, self.s.port, reason, self.handed)
         self.connected.clear()
@@ -267,6 +268,7 @@ class MqttBridge:
             self._take_acks()
         self._take_acks()
         self._persist(force=True)
+        self._stopping = True
         if self.connected.is_set():
             info = self.client.publish(self.topic("status"), "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):  # the broker went away now

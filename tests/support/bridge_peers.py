@@ -91,9 +91,28 @@ class DemoStation(Proc):
         return ["--pub", self.pub, "--trigger", self.trigger, "--catchup", self.catchup]
 
 
-def bridge(kind: str, args: list[str], log: Path) -> Proc:
-    """``station bridge KIND ARGS…`` as a child process (started)."""
-    return Proc([sys.executable, "-m", "station.cli", "bridge", kind, *args], log).start()
+def bridge(kind: str, args: list[str], log: Path, port: int | None = None) -> Proc:
+    """``station bridge KIND ARGS…`` as a child process (started; with ``port``: once it
+    accepts connections there)."""
+    p = Proc([sys.executable, "-m", "station.cli", "bridge", kind, *args], log).start()
+    if port is not None:
+        wait_listening(port, 30.0, p)
+    return p
+
+
+def wait_listening(port: int, timeout: float, proc: Proc) -> None:
+    """Wait until ``127.0.0.1:port`` accepts a TCP connection (``proc`` must keep running)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.running, proc.text()[-3000:]
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on {port}: {proc.text()}"
+            time.sleep(0.05)
 
 
 class Mosquitto(Proc):
@@ -115,15 +134,6 @@ class Mosquitto(Proc):
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
         """Start and wait until the port accepts connections."""
-        import socket
-
         super().start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.running, self.text()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not listen in {timeout} s: {self.text()}")
+        wait_listening(self.port, timeout, self)
+        return self
