@@ -10,14 +10,16 @@ transitions (``camera_down`` / ``camera_up`` in the daemon) and ``read_latest`` 
 Trigger modes (``trigger:``):
 
 * ``free_run`` — the camera streams at its frame rate; ``read_latest`` gives the newest frame (as
-  the OpenCV camera does).  No frame for ``read_timeout_s`` → down, and the device is re-opened.
-* ``software`` — the station fires the camera per part: every ``read_latest`` sends
-  ``TriggerSoftware`` and returns the frame exposed after it.
+  the OpenCV camera does) and a trigger's claim the first frame captured after it.  No frame for
+  ``read_timeout_s`` → down, and the device is re-opened.
+* ``software`` — the station fires the camera per part: a trigger's claim (:mod:`camera.claims`)
+  sends ``TriggerSoftware`` when the trigger arrives, ``read_latest`` when it is called; either
+  gets the frame exposed after its own command.
 * ``hardware`` — the camera is fired on its line (``trigger_source``, default ``Line0``) by the
-  PLC or a light barrier; every frame is kept in arrival order and handed out once: a trigger at
-  ``after_ts`` gets the oldest unused frame captured at or after ``after_ts - match_window_s``
-  (the line may fire a little before the station's trigger message arrives); without ``after_ts``
-  (free-run mode of the station) each line frame becomes one part, in order.
+  PLC or a light barrier; every line frame goes to one part only, in order: a trigger's claim
+  gets the first frame captured after the trigger that no earlier trigger took; ``read_latest``
+  the oldest unused frame captured at or after ``after_ts`` (without ``after_ts``, in the
+  station's free-run mode, each line frame becomes one part).
 
 In ``software`` and ``hardware`` modes no frame flows between parts, so health does not come
 from frames: the camera is up once acquisition runs, and down when the device's control channel
@@ -33,6 +35,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +46,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from camera.claims import FrameClaim, FrameClaims
 from camera.registry import Reconnect, SourceOptions, register_source
 from camera.source import HealthCallback
 from pipeline.base.errors import SourceError
@@ -183,6 +187,57 @@ def to_uint8_image(data: bytes, width: int, height: int, pixel_format: int) -> n
                      "(use Mono8/10/12/14/16, Bayer??8, RGB8 or BGR8)")
 
 
+class OrderedClaims:
+    """Claims of a triggered camera: each frame goes to one claim, the oldest pending one
+    (one exposure per part), where :class:`camera.claims.FrameClaims` shares a frame among every
+    claim it satisfies (a free-running camera)."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = max(1, int(limit))
+        self._lock = threading.Lock()
+        self._pending: collections.deque[FrameClaim] = collections.deque()
+
+    def claim(self, after_ts: float, until_ts: float) -> FrameClaim:
+        """Register a claim for the first unclaimed frame captured in ``[after_ts, until_ts]``."""
+        c = FrameClaim(after_ts, until_ts)
+        with self._lock:
+            self._pending.append(c)
+            while len(self._pending) > self.limit:
+                self._pending.popleft().end(f"more than {self.limit} pending claims")
+        return c
+
+    def offer(self, frame: Frame) -> bool:
+        """Give ``frame`` to the oldest pending claim; True when a claim took it."""
+        now = time.time()
+        with self._lock:
+            while self._pending:
+                c = self._pending[0]
+                if c.done:
+                    self._pending.popleft()
+                    continue
+                if c.until_ts < now:
+                    c.end("no frame captured in time")
+                    self._pending.popleft()
+                    continue
+                if frame.ts < c.after_ts:
+                    return False  # captured before every pending trigger: no part's frame
+                self._pending.popleft()
+                c.offer(frame)
+                return c.frame is frame
+            return False
+
+    def end_all(self, why: str) -> None:
+        """Finish every pending claim without a frame."""
+        with self._lock:
+            pending, self._pending = list(self._pending), collections.deque()
+        for c in pending:
+            c.end(why)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+
 class GenicamCamera:
     """A GenICam camera through Aravis (:class:`camera.source.LiveSource`).
 
@@ -195,7 +250,6 @@ class GenicamCamera:
             keeps the camera down with the reason (and is retried with the back-off).
         trigger: ``free_run``, ``software`` or ``hardware`` (see the module documentation).
         trigger_source: the line of ``hardware`` mode (``Line0``, ``Line1``, …).
-        match_window_s: ``hardware``: how long before a trigger a line frame may have arrived.
         packet_size: GigE Vision stream packet size in bytes (``None``: the camera's).
         buffers: stream buffers queued in Aravis (frames in flight).
         open_timeout, read_timeout: seconds; ``read_timeout`` without a frame (``free_run``) or
@@ -216,7 +270,6 @@ class GenicamCamera:
         trigger: TriggerMode = "free_run",
         trigger_source: str = "Line0",
         frame_rate: float | None = None,
-        match_window_s: float = 0.2,
         packet_size: int | None = None,
         buffers: int = 8,
         open_timeout: float = 5.0,
@@ -237,7 +290,6 @@ class GenicamCamera:
         self.trigger = trigger
         self.trigger_source = trigger_source
         self.frame_rate = frame_rate
-        self.match_window_s = max(0.0, float(match_window_s))
         self.packet_size = packet_size
         self.buffers = max(2, int(buffers))
         self.open_timeout = max(0.1, float(open_timeout))
@@ -251,6 +303,11 @@ class GenicamCamera:
                                                                     trigger == "hardware" else 1)
         self._grab_seq = 0
         self._returned_seq = 0
+        # triggers waiting for their frame (camera.claims): shared in free_run, one each otherwise
+        self._claims: FrameClaims | OrderedClaims = (
+            FrameClaims() if trigger == "free_run" else OrderedClaims())
+        self._fire_queue: queue.SimpleQueue[FrameClaim | None] = queue.SimpleQueue()
+        self._firer: threading.Thread | None = None
         self._last_frame_mono = 0.0
 
         self._health_lock = threading.Lock()
@@ -284,6 +341,19 @@ class GenicamCamera:
         self._watchdog = threading.Thread(target=self._watch, name=f"watchdog[{self.source_id}]",
                                           daemon=True)
         self._watchdog.start()
+        if self.trigger == "software":
+            self._firer = threading.Thread(target=self._fire_claims,
+                                           name=f"trigger[{self.source_id}]", daemon=True)
+            self._firer.start()
+
+    def claim_frame(self, after_ts: float, until_ts: float) -> FrameClaim:
+        """Keep the first frame captured in ``[after_ts, until_ts]`` for a trigger that may
+        wait in the station's queue (:mod:`camera.claims`); in ``software`` mode the camera is
+        fired for it now, in ``software`` and ``hardware`` modes each frame serves one claim."""
+        c = self._claims.claim(after_ts, until_ts)
+        if self.trigger == "software":
+            self._fire_queue.put(c)
+        return c
 
     def set_health_callback(self, callback: HealthCallback | None) -> None:
         """Call ``callback(up, reason)`` on every later health transition."""
@@ -322,8 +392,6 @@ class GenicamCamera:
             if fired is None:
                 return self._down_frame(timeout)
             after_ts = fired if after_ts is None else max(after_ts, fired)
-        elif self.trigger == "hardware" and after_ts is not None:
-            after_ts -= self.match_window_s
         with self._cond:
             while True:
                 f = self._take(after_ts)
@@ -340,9 +408,11 @@ class GenicamCamera:
     def close(self) -> None:
         """Stop acquisition and the reader thread; idempotent; wakes pending reads."""
         self._stop.set()
+        self._fire_queue.put(None)
         with self._cond:
             self._cond.notify_all()
-        for t in (self._watchdog, self._reader):
+        self._claims.end_all("camera closed")
+        for t in (self._firer, self._watchdog, self._reader):
             if t is not None and t is not threading.current_thread():
                 t.join(self.open_timeout + 10.0)
                 if t.is_alive():
@@ -350,7 +420,7 @@ class GenicamCamera:
         with self._health_lock:
             self._up = False
             self._reason = "closed"
-        self._reader = self._watchdog = None
+        self._reader = self._watchdog = self._firer = None
 
     def __enter__(self) -> GenicamCamera:
         self.start()
@@ -391,6 +461,22 @@ class GenicamCamera:
             reason = self._reason
         return Frame(image=None, seq=self._returned_seq, ts=time.time(),
                      source_id=self.source_id, error=f"camera_down: {reason}")
+
+    def _fire_claims(self) -> None:
+        """Software mode: fire the camera for each claim as its trigger arrives (off the
+        station's request thread: a dead camera blocks a command for seconds)."""
+        while not self._stop.is_set():
+            c = self._fire_queue.get()
+            if c is None or self._stop.is_set():
+                break
+            if c.done:
+                continue
+            if time.time() > c.until_ts:
+                c.end("no frame captured in time")
+            elif self._fire() is None:
+                c.end(f"camera_down: {self._reason}")
+            else:  # one exposure at a time: a camera ignores a trigger while it reads out
+                c.wait(self.read_timeout)
 
     def _fire(self) -> float | None:
         """Send TriggerSoftware; the wall-clock time just before it, or None when down."""
@@ -682,13 +768,16 @@ class GenicamCamera:
             return
         with self._cond:
             self._grab_seq += 1
-            if self.trigger == "hardware" and len(self._frames) == self._frames.maxlen:
-                self._count("dropped")
-            self._frames.append(Frame(image=image, seq=self._grab_seq, ts=ts,
-                                      source_id=self.source_id,
-                                      meta={"frame_id": buf.get_frame_id()}))
+            frame = Frame(image=image, seq=self._grab_seq, ts=ts, source_id=self.source_id,
+                          meta={"frame_id": buf.get_frame_id()})
             self._last_frame_mono = time.monotonic()
-            self._cond.notify_all()
+        claimed = self._claims.offer(frame)
+        if not claimed:  # a claimed frame of a triggered camera is that part's alone
+            with self._cond:
+                if self.trigger == "hardware" and len(self._frames) == self._frames.maxlen:
+                    self._count("dropped")
+                self._frames.append(frame)
+                self._cond.notify_all()
         self._count("frames")
         self._session_got = True
         if self._up is not True:
@@ -710,7 +799,6 @@ class GenicamOptions(SourceOptions):
     trigger: TriggerMode = "free_run"
     trigger_source: str = "Line0"
     frame_rate: float | None = None
-    match_window_s: float = 0.2
     packet_size: int | None = None
     buffers: int = 8
     reconnect: Reconnect = field(default_factory=Reconnect)
@@ -721,8 +809,6 @@ class GenicamOptions(SourceOptions):
             raise FieldError("exposure_us", "must be > 0")
         if self.frame_rate is not None and self.frame_rate <= 0:
             raise FieldError("frame_rate", "must be > 0")
-        if not 0 <= self.match_window_s <= 10:
-            raise FieldError("match_window_s", "must be in [0, 10]")
         if self.packet_size is not None and not 576 <= self.packet_size <= 16384:
             raise FieldError("packet_size", "must be in [576, 16384]")
         if not 2 <= self.buffers <= 256:
@@ -734,7 +820,7 @@ def camera_from_options(o: GenicamOptions, **kw: Any) -> GenicamCamera:
     return GenicamCamera(
         o.device_id, exposure_us=o.exposure_us, gain_db=o.gain_db, pixel_format=o.pixel_format,
         region=o.region, trigger=o.trigger, trigger_source=o.trigger_source,
-        frame_rate=o.frame_rate, match_window_s=o.match_window_s, packet_size=o.packet_size,
+        frame_rate=o.frame_rate, packet_size=o.packet_size,
         buffers=o.buffers, open_timeout=o.open_timeout_s, read_timeout=o.read_timeout_s,
         reconnect_initial=o.reconnect.initial_s, reconnect_max=o.reconnect.max_s, **kw)
 

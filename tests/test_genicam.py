@@ -132,9 +132,9 @@ def test_software_trigger_fires_one_frame_per_read(fake: FakeCamera) -> None:
 
 
 def test_hardware_trigger_hands_out_each_line_frame_once() -> None:
-    """Aravis's simulated camera fires Line0 at 25 Hz: every frame is one part, in order; a
-    trigger takes the oldest unused frame from ``match_window_s`` before it on."""
-    cam = GenicamCamera("Fake_1", trigger="hardware", match_window_s=0.1)
+    """Aravis's simulated camera fires Line0 at 25 Hz: every line frame goes to one part, in
+    order; a trigger gets a frame captured after it."""
+    cam = GenicamCamera("Fake_1", trigger="hardware")
     with cam:
         deadline = time.monotonic() + 10
         while not cam.is_up and time.monotonic() < deadline:
@@ -145,13 +145,42 @@ def test_hardware_trigger_hands_out_each_line_frame_once() -> None:
         seqs = [f.seq for f in free]
         assert seqs == list(range(seqs[0], seqs[0] + 10))
         assert len({f.meta["frame_id"] for f in free}) == 10
-        time.sleep(0.5)  # ~12 line frames pile up: a trigger skips those from before its window
+        time.sleep(0.5)  # ~12 line frames pile up: a trigger skips those from before it
         t = time.time()
         f = cam.read_latest(2.0, after_ts=t)
-        assert f.ok and f.ts >= t - 0.1 and f.seq > seqs[-1] + 5
-        nxt = cam.read_latest(2.0, after_ts=time.time())
-        assert nxt.ok and nxt.seq > f.seq
+        assert f.ok and f.ts >= t and f.seq > seqs[-1] + 5
         assert cam.stats["dropped"] >= 5
+
+        # three triggers at once (parts waiting in the station's queue): three line frames
+        t = time.time()
+        claims = [cam.claim_frame(t, t + 2.0) for _ in range(3)]
+        got = [c.wait(2.0) for c in claims]
+        assert all(g is not None and g.ok and g.ts >= t for g in got)
+        assert [g.seq for g in got] == sorted({g.seq for g in got})  # distinct, in order
+
+
+def test_software_trigger_claims_fire_the_camera_per_trigger(fake: FakeCamera) -> None:
+    """Triggers that arrive while the station is busy claim their frame at once: the camera is
+    fired for each when it arrives, each gets its own exposure."""
+    cam = GenicamCamera(DEVICE, trigger="software", read_timeout=2.0)
+    with cam:
+        deadline = time.monotonic() + 10
+        while not cam.is_up and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cam.is_up, cam.reason
+        stamps = []
+        claims = []
+        for _ in range(3):
+            stamps.append(time.time())
+            claims.append(cam.claim_frame(stamps[-1], stamps[-1] + 3.0))
+            time.sleep(0.15)
+        got = [c.wait(3.0) for c in claims]
+        assert all(g is not None and g.ok for g in got), [c.why for c in claims]
+        assert all(g.ts >= t for g, t in zip(got, stamps, strict=True))
+        assert [g.seq for g in got] == [1, 2, 3]
+        # the ramp moves with every exposure: three different images
+        assert len({g.image.tobytes() for g in got}) == 3
+        assert cam.stats["triggers"] == 3
 
 
 def test_settings_reach_the_camera(fake: FakeCamera) -> None:
@@ -205,7 +234,8 @@ def test_genicam_config_section_is_typed_with_file_and_line(tmp_path: Path) -> N
 def test_station_on_the_fake_camera_free_run_down_and_up(tmp_path: Path,
                                                          fake: FakeCamera) -> None:
     """Acceptance: grab → golden build → a station in free-run on genicam:// publishes results;
-    killing the fake camera gives camera_down, restarting it camera_up and results again."""
+    killing the fake camera gives camera_down, restarting it camera_up and results again.  Then
+    the same station in trigger mode with the software trigger: one exposure per part."""
     from station.bench.events import StationClient, StationProcess, write_config
 
     good = tmp_path / "good"
@@ -253,6 +283,23 @@ def test_station_on_the_fake_camera_free_run_down_and_up(tmp_path: Path,
         until("camera_up", 20.0)
         after = c.results(3, 10.0)
         assert len(after) == 3 and any(r["verdict"] != "error" for r in after)
+
+    # trigger mode, software trigger: the station fires the camera for each part
+    data["mode"] = "trigger"
+    data["camera"]["trigger"] = "software"
+    cfg.write_text(json.dumps(data))
+    with StationProcess(cfg, state) as st, StationClient(st.endpoints) as c:
+        c.wait_live()
+        ids = [f"sw-{i}" for i in range(5)]
+        for part_id in ids:
+            assert c.trigger(part_id)["ok"]
+        results = c.results(5, 20.0)
+    assert [r["part_id"] for r in results] == ids
+    # every part judged on its own frame (the moving ramp may fail alignment: error, not pass)
+    assert not [r["reason"] for r in results if r["verdict"] == "error"
+                and not r["reason"].startswith("alignment_failed")]
+    assert all(r["frame_ts"] >= r["trigger_ts"] for r in results)
+    assert len({r["frame_ts"] for r in results}) == 5  # one exposure per part
 
 
 @pytest.mark.slow
