@@ -57,7 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--gain-db", type=float, help="GenICam gain in dB")
     g.add_argument("--pixel-format", help="GenICam pixel format (Mono8, Mono12, BayerRG8, …)")
     g.set_defaults(func=run_grab)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 # ------------------------------------------------------------------------------------ list
