@@ -24,7 +24,7 @@ from pipeline.base.yamlconf import load_yaml
 
 FAKE_GV = shutil.which("arv-fake-gv-camera-0.8")
 try:
-    from camera.genicam import GenicamCamera, Region, list_devices, load_aravis
+    from camera.genicam import GenicamCamera, Region, list_devices, load_aravis, to_uint8_image
 
     load_aravis()
     ARAVIS = ""
@@ -332,3 +332,30 @@ def test_software_trigger_camera_lost_and_back(fake: FakeCamera) -> None:
     ups = [up for _, up, _ in events]
     assert ups == [True, False, True]  # no flicker: one down, one up
     print(f"\nsoftware trigger: camera_down {t_down:.2f} s after the fake camera was killed")
+
+
+def test_colour_pixel_formats_become_bgr(fake: FakeCamera) -> None:
+    """RGB8 is converted to BGR, Bayer is demosaiced: the station's images are grey or BGR."""
+    shapes = {}
+    for fmt in ("RGB8", "BayerRG8"):
+        with GenicamCamera(DEVICE, pixel_format=fmt) as cam:
+            f = cam.read_latest(5.0)
+            assert f.ok, f.error
+            shapes[fmt] = (f.image.shape, f.image.dtype)
+    assert shapes == {"RGB8": ((512, 512, 3), np.uint8), "BayerRG8": ((512, 512, 3), np.uint8)}
+
+
+def test_deep_mono_formats_scale_to_8_bit() -> None:
+    arv = load_aravis()
+    values = np.array([[0, 512, 1023, 4095]], dtype="<u2")
+    img10 = to_uint8_image(values.tobytes(), 4, 1, arv.PIXEL_FORMAT_MONO_10)
+    assert img10.tolist() == [[0, 128, 255, 255]]  # 10-bit: >> 2, out-of-range clipped
+    img12 = to_uint8_image(values.tobytes(), 4, 1, arv.PIXEL_FORMAT_MONO_12)
+    assert img12.tolist() == [[0, 32, 63, 255]]
+    img16 = to_uint8_image(np.array([[0, 257, 65535, 32896]], "<u2").tobytes(), 4, 1,
+                           arv.PIXEL_FORMAT_MONO_16)
+    assert img16.tolist() == [[0, 1, 255, 128]]
+    with pytest.raises(ValueError, match="needs"):
+        to_uint8_image(b"\0" * 7, 4, 1, arv.PIXEL_FORMAT_MONO_16)
+    with pytest.raises(ValueError, match="not supported"):
+        to_uint8_image(b"\0" * 8, 4, 1, arv.PIXEL_FORMAT_MONO_12_PACKED)
