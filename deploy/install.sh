@@ -17,7 +17,9 @@
 #   3. venv /opt/inspection-station/venv with this source tree installed into it
 #   4. /etc/inspection-station/station.yaml from deploy/station.example.yaml (only if missing;
 #      the current example is always written as station.example.yaml beside it)
-#   5. /etc/systemd/system/inspection-station.service, daemon-reload, enable
+#   5. /etc/systemd/system/inspection-station.service, daemon-reload, enable; the PLC bridges'
+#      units (inspection-station-bridge-*.service) installed but left disabled; docs/ beside
+#      the venv (the units' Documentation=)
 #   6. --start: `station check-config` on station.yaml first; the service is (re)started only
 #      when it passes (the example config names a recipe that does not exist yet)
 #
@@ -217,20 +219,33 @@ else
   log "config $cfg kept (current example: station.example.yaml)"
 fi
 
-# 5. systemd unit ------------------------------------------------------------------------------
-unit=$(r "/etc/systemd/system/$UNIT_NAME")
-tmp_unit=$(mktemp)
-cleanup+=("$tmp_unit")
-sed -e "s|/opt/inspection-station/venv|$PREFIX/venv|g" \
-    -e "s|^User=inspection$|User=$SVC_USER|" -e "s|^Group=inspection$|Group=$SVC_USER|" \
-    "$SRC/deploy/$UNIT_NAME" >"$tmp_unit"
-if ! cmp -s "$tmp_unit" "$unit"; then
-  log "unit $unit"
-  install -m 0644 "$tmp_unit" "$unit"
-  changed=1
-else
-  changed=0
-fi
+# 5. systemd units (the station's, and the PLC bridges' which stay disabled until wanted) -----
+# and the documentation the units name (Documentation=file:$PREFIX/docs/...)
+install -d -m 0755 "$(r "$PREFIX/docs")"
+for doc in "$SRC"/docs/*.md; do
+  [ -e "$doc" ] || continue
+  cmp -s "$doc" "$(r "$PREFIX/docs/$(basename "$doc")")" ||
+    install -m 0644 "$doc" "$(r "$PREFIX/docs/$(basename "$doc")")"
+done
+changed=0
+bridge_units=()
+for src_unit in "$SRC/deploy/$UNIT_NAME" "$SRC"/deploy/inspection-station-bridge-*.service; do
+  [ -e "$src_unit" ] || continue
+  name=$(basename "$src_unit")
+  [ "$name" = "$UNIT_NAME" ] || bridge_units+=("${name%.service}")
+  unit=$(r "/etc/systemd/system/$name")
+  tmp_unit=$(mktemp)
+  cleanup+=("$tmp_unit")
+  sed -e "s|/opt/inspection-station/venv|$PREFIX/venv|g" \
+      -e "s|/opt/inspection-station/docs|$PREFIX/docs|g" \
+      -e "s|^User=inspection$|User=$SVC_USER|" -e "s|^Group=inspection$|Group=$SVC_USER|" \
+      "$src_unit" >"$tmp_unit"
+  if ! cmp -s "$tmp_unit" "$unit"; then
+    log "unit $unit"
+    install -m 0644 "$tmp_unit" "$unit"
+    changed=1
+  fi
+done
 
 # 6. --start only on a configuration that passes check-config -------------------------------
 config_ok=1
@@ -272,6 +287,12 @@ Next steps:
   5. start it:          systemctl restart $UNIT_NAME   (or install.sh --start)
      follow it:         journalctl -fu $UNIT_NAME;  $station watch tcp://localhost:5556
 NEXT
+if [ ${#bridge_units[@]} -gt 0 ]; then
+  echo "  6. PLC bridges (--extras ...,bridges; docs/BRIDGES.md), each when wanted:"
+  for b in "${bridge_units[@]}"; do
+    echo "                        systemctl enable --now $b"
+  done
+fi
 if [ "$config_ok" = 0 ]; then
   echo "install.sh: not starting $UNIT_NAME: $cfg does not pass check-config (above);" \
        "fix it, then run install.sh --start again" >&2

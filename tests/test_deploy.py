@@ -106,6 +106,15 @@ def test_install_script_is_idempotent_and_keeps_the_operators_config(tmp_path: P
     assert third.returncode == 0
     assert "line7-st3" in cfg.read_text()
     assert "ExecStart=/opt/other/venv/bin/station run" in unit.read_text()
+    # the PLC bridges' units come along (left disabled), the docs they name beside the venv
+    bridges = sorted(p.name for p in (ROOT / "deploy").glob("inspection-station-bridge-*.service"))
+    for name in bridges:
+        text = (stage / "etc/systemd/system" / name).read_text()
+        assert "/opt/other/venv/bin/station bridge" in text and "/opt/inspection" not in text
+        assert f"systemctl enable --now {name.removesuffix('.service')}" in third.stdout
+    assert (stage / "opt/other/docs/CAMERAS.md").read_text() == (ROOT / "docs/CAMERAS.md"
+                                                                 ).read_text()
+    assert (stage / "opt/inspection-station/docs/EVENTS.md").is_file()
     bad = subprocess.run([*run, "--bogus"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
 
