@@ -6,6 +6,7 @@
 * the Inspector with its judges: the recipe, the judges it (or the config) lists, the policy
   (:func:`station.recipe_tools.build_inspector`, shared with replay and eval);
 * the recorder, when ``recording.enabled``;
+* the operator page, when ``web.listen`` is set (:func:`start_page`, :mod:`station.web`);
 * the daemon that runs them (:class:`station.daemon.StationDaemon`), which owns the event side
   (journal, PUB socket, request sockets) because those live and die with one run.
 
@@ -77,6 +78,50 @@ def build_daemon(config: StationConfig, *, camera: LiveSource | None = None,
     return StationDaemon(config, assemble, notifier=notifier)
 
 
+def start_page(config: StationConfig, daemon: StationDaemon) -> Callable[[], None]:
+    """Serve the operator page of ``config.web`` from this process once the daemon has bound
+    its sockets: its own thread and event loop, fed by a subscriber on the daemon's PUB socket
+    (never by the inspection thread); parts that are not recorded hand their images to an
+    in-memory ring.  A page that cannot listen is logged and the station goes on inspecting.
+    Returns the function that stops the page."""
+    from station.web.ring import ImageRing
+
+    daemon.images = ImageRing(config.web.image_ring)
+    stopped = threading.Event()
+    holder: list = []
+
+    def _start() -> None:
+        from station.web.server import WebServer, options_for_station
+
+        while not stopped.is_set() and not daemon.stop_requested():
+            eps = daemon.endpoints
+            if eps.get("pub") and eps.get("catchup"):
+                break
+            stopped.wait(0.05)
+        else:
+            return
+        server = WebServer(options_for_station(config, eps["pub"], eps["catchup"]),
+                           ring=daemon.images)
+        try:
+            url = server.start()
+        except StationError as exc:
+            log.error("%s", exc)
+            return
+        holder.append(server)
+        log.info("operator page of %s: %s", daemon.station_id, url)
+        if stopped.is_set():
+            server.stop()
+
+    threading.Thread(target=_start, name="web-start", daemon=True).start()
+
+    def stop() -> None:
+        stopped.set()
+        for server in holder:
+            server.stop()
+
+    return stop
+
+
 def serve(config: StationConfig, *, camera: LiveSource | None = None,
           inspector: Inspector | None = None, recorder: Recorder | None = None,
           notifier: Notifier | None = None,
@@ -101,6 +146,7 @@ def serve(config: StationConfig, *, camera: LiveSource | None = None,
                     return
 
         threading.Thread(target=_wait, name="on-ready", daemon=True).start()
+    stop_page = start_page(config, daemon) if config.web.enabled else None
     try:
         return daemon.run()
     except StationError as exc:
@@ -109,3 +155,6 @@ def serve(config: StationConfig, *, camera: LiveSource | None = None,
     except Exception:  # anything else at start-up: logged with its traceback, systemd restarts
         log.exception("station %s failed", daemon.station_id)
         return 1
+    finally:
+        if stop_page is not None:
+            stop_page()

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "station.cmd_demo",
     "station.cmd_bench",
     "station.cmd_bridge",
+    "station.cmd_web",
 ]
 
 

@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, port in (("pub", 5556), ("trigger", 5555), ("catchup", 5557)):
         p.add_argument(f"--{name}", metavar="ENDPOINT",
                        help=f"--serve: the {name} endpoint (default tcp://127.0.0.1:{port})")
+    p.add_argument("--web-listen", metavar="HOST:PORT",
+                   help="--serve: where the operator page listens (default 127.0.0.1:8080; "
+                        "'off': no page)")
     p.set_defaults(func=run)
 
 

@@ -163,6 +163,55 @@ class RecordingSection:
             raise ValueError("limits must be > 0")
 
 
+_LISTEN = re.compile(r"(?P<host>\[[^\]]+\]|[^:\[\]]+):(?P<port>\d+)")
+_SHIFT_START = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``127.0.0.1:8080``, ``[::1]:8080``, ``0.0.0.0:8080``; port 0: the system
+    picks one) as ``(host, port)``; ValueError saying why when it is not one."""
+    m = _LISTEN.fullmatch(str(text).strip())
+    if m is None:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    port = int(m.group("port"))
+    if port > 65535:
+        raise ValueError(f"port {port} of {text!r} is outside 0-65535")
+    return m.group("host").strip("[]"), port
+
+
+@dataclass(frozen=True)
+class WebSection:
+    """The live operator page and ``/metrics`` (:mod:`station.web`), served from the station
+    process; off unless ``listen`` is given.  ``listen``: ``HOST:PORT`` (loopback unless an
+    interface is named).  ``history``: results fetched from the journal when the page server
+    starts (feed, counters, heat map).  ``image_ring``: overlays of the last parts kept in memory
+    when they are not recorded; ``shifts``: local start times of the shifts (yield per shift).
+    """
+
+    listen: str | None = None
+    history: int = 500
+    image_ring: int = 8
+    shifts: list[str] = field(default_factory=lambda: ["06:00", "14:00", "22:00"])
+
+    @property
+    def enabled(self) -> bool:
+        """True when the page is served."""
+        return bool(self.listen)
+
+    def validate(self) -> None:
+        if self.listen:
+            try:
+                listen_address(self.listen)
+            except ValueError as exc:
+                raise FieldError("listen", str(exc)) from None
+        if not 0 <= self.history <= 100_000:
+            raise FieldError("history", "must be in [0, 100000]")
+        if not 0 <= self.image_ring <= 256:
+            raise FieldError("image_ring", "must be in [0, 256]")
+        if not self.shifts or any(not _SHIFT_START.fullmatch(str(s)) for s in self.shifts):
+            raise FieldError("shifts", "must be a non-empty list of HH:MM start times")
+
+
 @dataclass(frozen=True)
 class StationConfig:
     """The whole station configuration; ``path`` is the YAML file it came from."""
@@ -175,6 +224,7 @@ class StationConfig:
     events: EventsSection = field(default_factory=EventsSection)
     trigger: TriggerSection = field(default_factory=TriggerSection)
     recording: RecordingSection = field(default_factory=RecordingSection)
+    web: WebSection = field(default_factory=WebSection)
     # decision policy: any, all (alias both) or a judge's name (checked against the judges when
     # the inspector is built)
     policy: str = "any"

@@ -57,6 +57,7 @@ from station.parts import StationParts
 from station.requests import Job, StationRequests, TriggerQueue
 from station.servers import CATCHUP_SNDHWM, RequestServer, make_pub, make_router
 from station.status import StationStatus
+from station.web.ring import ImageRing
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,9 @@ class StationDaemon:
         self._server: RequestServer | None = None
         self.journal: Journal | None = None
         self.publisher: EventPublisher | None = None
+        # the operator page's in-memory images (station.web.ring), set by station.build when the
+        # page is served: parts that are not recorded hand their images over (references only)
+        self.images: ImageRing | None = None
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -484,6 +488,8 @@ class StationDaemon:
         payload["frame_ts"] = utc_iso(frame.ts) if _captured(frame) else None
         self.status.parts += 1
         record_id = self._record(f"{self.boot}-{self.status.parts:06d}", payload, frame, result)
+        if record_id is None and self.images is not None and result is not None:
+            self.images.put(part_id, result.images)
         event = self._publish_result(payload, record_id)
         self.status.in_hand_since = None
         if event is None:

@@ -1,4 +1,5 @@
-"""``station demo --serve``: the synthetic line as a live station, for trying a PLC bridge."""
+"""``station demo --serve``: the synthetic line as a live station, for trying a PLC bridge and
+the operator page (on at http://127.0.0.1:8080/ unless ``--web-listen`` says otherwise)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ from station.config import (
     RecordingSection,
     StationConfig,
     StationSection,
+    WebSection,
+    listen_address,
     load_config,
 )
+
+DEMO_WEB_LISTEN = "127.0.0.1:8080"
 
 if TYPE_CHECKING:
     from station.daemon import StationDaemon
@@ -41,7 +46,7 @@ def demo_config(args: argparse.Namespace, recipe: Recipe, spec: LineSpec) -> Sta
     if args.config:
         cfg = load_config(args.config)
         return replace(cfg, recipe=str(recipe.folder), camera=camera,
-                       events=_endpoints(args, cfg.events))
+                       events=_endpoints(args, cfg.events), web=_web(args, cfg.web))
     return StationConfig(
         recipe=str(recipe.folder),
         station=StationSection(id="demo-line", state_dir=str(state),
@@ -51,6 +56,7 @@ def demo_config(args: argparse.Namespace, recipe: Recipe, spec: LineSpec) -> Sta
         recording=RecordingSection(enabled=True, dir=str(state / "recordings"), max_bytes=2e8),
         policy=args.policy,
         events=_endpoints(args, EventsSection()),
+        web=_web(args, WebSection()),
         path=str(state / "demo-station.yaml"),
     )
 
@@ -64,6 +70,20 @@ def _endpoints(args: argparse.Namespace, events: EventsSection) -> EventsSection
     except ValueError as exc:  # FieldError too
         raise ConfigError(f"demo --serve endpoints: {exc}") from exc
     return out
+
+
+def _web(args: argparse.Namespace, web: WebSection) -> WebSection:
+    """The operator page: ``--web-listen`` (``off``: none), else the config's, else
+    127.0.0.1:8080."""
+    given = getattr(args, "web_listen", None)
+    if given is not None and given.strip().lower() == "off":
+        return replace(web, listen=None)
+    listen = given or web.listen or DEMO_WEB_LISTEN
+    try:
+        listen_address(listen)
+    except ValueError as exc:
+        raise ConfigError(f"demo --serve --web-listen: {exc}") from None
+    return replace(web, listen=listen)
 
 
 def serve_demo(args: argparse.Namespace, recipe: Recipe, inspector: Inspector,
@@ -82,6 +102,8 @@ def serve_demo(args: argparse.Namespace, recipe: Recipe, inspector: Inspector,
               f"  trigger:     send {{\"cmd\": \"trigger\", \"part_id\": \"P1\"}} to "
               f"{e.trigger.replace('*', '127.0.0.1')} (ZeroMQ DEALER/REQ)\n"
               f"  stop:        Ctrl-C", flush=True)
+        if cfg.web.enabled:
+            print(f"  operator page: http://{cfg.web.listen}/ (metrics: /metrics)", flush=True)
 
     # the inspector is the one the demo has just built (recipe + --vlm/--policy of this run)
     return serve(cfg, inspector=inspector, on_ready=ready)

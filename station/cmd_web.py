@@ -1,0 +1,89 @@
+"""``station web``: the operator page and ``/metrics`` as a process of its own.
+
+The same server the station runs in its process when ``web.listen`` is configured
+(:mod:`station.web.server`), following a station over its event endpoints::
+
+    station web --station tcp://10.0.0.5:5556 --recordings /var/lib/inspection-station/recordings \\
+        --listen 0.0.0.0:8080
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from pipeline.base.errors import ConfigError
+from station.config import endpoint_problem, listen_address
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``web`` to the CLI."""
+    p = sub.add_parser("web", help="serve the live operator page and /metrics for a station")
+    p.add_argument("--station", required=True, metavar="PUB",
+                   help="the station's PUB endpoint, e.g. tcp://127.0.0.1:5556")
+    p.add_argument("--catchup", metavar="ENDPOINT",
+                   help="the catch-up endpoint (default: announced by the station, else PUB "
+                        "port + 1)")
+    p.add_argument("--recordings", metavar="DIR",
+                   help="the station's recording folder (images of the parts); without it "
+                        "the page shows verdicts and figures only")
+    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="where the page listens (default 127.0.0.1:8080)")
+    p.add_argument("--history", type=int, default=500,
+                   help="results fetched from the station's journal at start (default 500)")
+    p.add_argument("--shifts", default="06:00,14:00,22:00",
+                   help="local shift start times, comma-separated (default 06:00,14:00,22:00)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT."""
+    from station.web.server import WebOptions, WebServer
+
+    for name in ("station", "catchup"):
+        ep = getattr(args, name)
+        if ep and (problem := endpoint_problem(ep)):
+            raise ConfigError(f"--{name}: {problem}")
+    try:
+        listen_address(args.listen)
+    except ValueError as exc:
+        raise ConfigError(f"--listen: {exc}") from None
+    rec = Path(args.recordings) if args.recordings else None
+    if rec is not None and not rec.is_dir():
+        raise ConfigError(f"--recordings: {rec} is not a folder")
+    shifts = [s.strip() for s in args.shifts.split(",") if s.strip()]
+    if not 0 <= args.history <= 100_000:
+        raise ConfigError("--history must be in [0, 100000]")
+    from station.config import WebSection
+
+    try:
+        WebSection(listen=args.listen, history=args.history, shifts=shifts).validate()
+    except ValueError as exc:
+        raise ConfigError(f"--shifts: {exc}") from None
+    server = WebServer(WebOptions(pub=args.station, catchup=args.catchup, listen=args.listen,
+                                  recordings=rec, history=args.history, shifts=shifts))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(server.serve(stop))
+        while server.url is None and not task.done():
+            await asyncio.sleep(0.05)
+        if server.url is not None:
+            print(f"operator page on {server.url} (metrics: {server.url}metrics), following "
+                  f"{args.station}", file=sys.stderr, flush=True)
+        await task
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        print(f"station web: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,309 @@
+"""The operator page and /metrics: a real station process serving the page from its own process,
+driven in Debian's headless Chromium through Playwright; ``station web`` as a process of its own;
+the in-memory image ring on a real aiohttp server; hostile requests."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.recipe import Recipe
+from station.bench.events import StationProcess, free_ports, write_config
+from station.client import EventSubscriber, TriggerClient
+from station.web.ring import ImageRing
+from station.web.server import WebOptions, WebServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+HOSTILE = [  # (path, statuses it may get): never a 500, never a traceback, never a file
+    ("/api/parts?limit=-1", {400}), ("/api/parts?limit=abc", {400}),
+    ("/api/parts?limit=0", {400}), ("/api/parts?limit=99999999999", {400}),
+    ("/api/parts?verdict=../../x", {400}), ("/api/events?since=-5", {400}),
+    ("/api/events?since=1e9", {400}),
+    ("/api/parts/..%2F..%2F..%2Fetc%2Fpasswd/overlay.png", {400, 404}),
+    ("/api/parts/%2e%2e/overlay.png", {400, 404}),
+    ("/api/parts/../../etc/passwd", {404}), ("/api/parts/P%00x/overlay.png", {400}),
+    ("/api/parts/" + "x" * 129 + "/overlay.png", {400}),
+    ("/api/parts/nope/overlay.png", {404}), ("/api/parts/P1/secrets.png", {404}),
+    ("/static/..%2Fserver.py", {404}), ("/static/../live.py", {404}),
+]
+
+
+def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """Status and body of a GET (errors included)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def raw_get(base: str, path: str) -> tuple[int, bytes]:
+    """A GET with the path sent exactly as written (urllib would normalise ``..``)."""
+    host, port = base.split("//")[1].strip("/").split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def sse_parts(base: str, headers: dict[str, str], n: int, timeout: float = 10.0) -> list[dict]:
+    """The first ``n`` ``part`` events of /api/events."""
+    host, port = base.split("//")[1].strip("/").split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    out: list[dict] = []
+    try:
+        c.request("GET", "/api/events?backlog=0", headers=headers)
+        r = c.getresponse()
+        assert r.status == 200 and r.getheader("Content-Type", "").startswith("text/event-stream")
+        kind = None
+        deadline = time.monotonic() + timeout
+        while len(out) < n and time.monotonic() < deadline:
+            line = r.readline().decode().rstrip("\n")
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind == "part":
+                out.append(json.loads(line[6:]))
+    finally:
+        c.close()
+    return out
+
+
+def check_hostile(base: str) -> None:
+    for path, allowed in HOSTILE:
+        status, body = raw_get(base, path)
+        assert status in allowed, (path, status, body[:200])
+        assert b"Traceback" not in body and b"root:" not in body, path
+
+
+@pytest.fixture()
+def station(tmp_path: Path, synthetic_recipe: Recipe) -> Iterator[tuple[StationProcess, str]]:
+    """A station process (synthetic line, recording on) serving its page on a free port."""
+    assert synthetic_recipe.folder is not None
+    cfg_path = write_config(tmp_path / "station.yaml", recipe=synthetic_recipe.folder,
+                            state_dir=tmp_path / "state", recording_dir=tmp_path / "rec",
+                            station_id="web-st1")
+    cfg = json.loads(cfg_path.read_text())
+    port = free_ports(1)[0]
+    cfg["web"] = {"listen": f"127.0.0.1:{port}"}
+    cfg_path.write_text(json.dumps(cfg))
+    with StationProcess(cfg_path, tmp_path / "state") as proc:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the page starts beside the station
+            try:
+                if json.loads(get(base + "/api/status")[1]).get("ready"):
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail("the operator page did not say ready")
+        yield proc, base
+
+
+def trigger_parts(endpoints: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """``n`` parts, one at a time (trigger, wait for the result); returns the result events."""
+    out = []
+    with EventSubscriber(endpoints["pub"], topics=("insp.result.",)) as sub, \
+            TriggerClient(endpoints["trigger"], timeout=5.0, retries=0) as tc:
+        assert sub.wait_connected(10.0)
+        for i in range(n):
+            res = tc.trigger_and_wait(f"LINE1/2026-12-01/part {i:03d} ünïcode-long-id-{i}",
+                                      10.0, sub)
+            assert res.event is not None, res.why
+            out.append(res.event)
+    return out
+
+
+@pytest.mark.slow
+def test_page_in_chromium_metrics_station_web_and_station_down(
+        station: tuple[StationProcess, str], tmp_path: Path) -> None:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (tests/run.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    proc, base = station
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(base + "/")
+            page.wait_for_function("document.getElementById('state').textContent === 'ready'",
+                                   timeout=10_000)
+            assert page.is_hidden("#down-banner")
+            results = trigger_parts(proc.endpoints, 5)
+            last = results[-1]
+            # the latest part: full id, verdict, overlay image (from the recorder's folder)
+            page.wait_for_function(
+                "id => document.getElementById('latest-part-id').textContent === id",
+                arg=last["part_id"], timeout=10_000)
+            assert page.text_content("#latest-verdict") == last["verdict"]
+            page.wait_for_function(
+                "() => { const i = document.getElementById('latest-overlay');"
+                " return i.complete && i.naturalWidth > 0; }", timeout=10_000)
+            feed = page.locator("#feed .pid").all_text_contents()
+            assert feed[:5] == [r["part_id"] for r in reversed(results)]  # newest first, full
+            shots = Path(os.environ.get("STATION_WEB_SCREENSHOTS") or tmp_path)
+            shots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shots / "page-1280x800.png"))
+            phone = browser.new_page(viewport={"width": 390, "height": 844})
+            phone.goto(base + "/")
+            phone.wait_for_function(
+                "id => document.getElementById('latest-part-id').textContent === id",
+                arg=last["part_id"], timeout=10_000)
+            phone.wait_for_timeout(500)  # images
+            phone.screenshot(path=str(shots / "page-phone-390x844.png"), full_page=True)
+            phone.close()
+
+            # /metrics counts every part; /api/status says ready
+            status, body = get(base + "/metrics")
+            assert status == 200
+            fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
+            parts = {s.labels["verdict"]: s.value for s in fams["station_parts"].samples
+                     if s.name == "station_parts_total"}
+            want = {v: float(sum(r["verdict"] == v for r in results))
+                    for v in ("pass", "defect", "error")}
+            assert parts == want
+            lat = [s for s in fams["station_stage_latency_seconds"].samples
+                   if s.name.endswith("_count") and s.labels["stage"] == "total"]
+            assert lat and lat[0].value == 5
+            for name in ("station_up", "station_camera_up", "station_model_ok",
+                         "station_queue_depth", "station_disk_free_bytes",
+                         "station_journal_lag_events", "station_recorder_dropped"):
+                assert name in fams, name
+            st = json.loads(get(base + "/api/status")[1])
+            assert st["ready"] is True and st["state"] == "ready"
+            assert sum(st["shift"][v] for v in ("pass", "defect", "error")) == 5
+            api = json.loads(get(base + "/api/parts?limit=3")[1])["parts"]
+            assert [p["part_id"] for p in api] == [r["part_id"] for r in results[:-4:-1]]
+            check_hostile(base)
+            # a browser that reconnects with Last-Event-ID gets exactly what it missed
+            missed = sse_parts(base, {"Last-Event-ID": str(results[1]["seq"])}, 3)
+            assert [p["seq"] for p in missed] == [r["seq"] for r in results[2:]]
+
+            # `station web` as a process of its own, remembering only 2 results: a reload
+            # from seq 0 is filled from the station's journal; images from --recordings
+            web_port = free_ports(1)[0]
+            web_base = f"http://127.0.0.1:{web_port}"
+            web = subprocess.Popen(
+                [sys.executable, "-m", "station.cli", "web", "--station",
+                 proc.endpoints["pub"], "--recordings", str(tmp_path / "rec"), "--history", "2",
+                 "--listen", f"127.0.0.1:{web_port}"], stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, text=True)
+            try:
+                deadline = time.monotonic() + 20
+                api = []
+                while time.monotonic() < deadline and len(api) < 2:
+                    time.sleep(0.2)
+                    try:
+                        api = json.loads(get(web_base + "/api/parts?limit=10")[1])["parts"]
+                    except (OSError, ValueError):
+                        continue
+                if web.poll() is not None:
+                    pytest.fail(f"station web exited {web.returncode}: {web.stderr.read()}")
+                assert [p["part_id"] for p in api] == [r["part_id"] for r in results[:-3:-1]]
+                status, png = get(f"{web_base}/api/parts/"
+                                  f"{urllib.request.quote(last['part_id'], safe='')}/overlay.png")
+                assert status == 200
+                assert png == (tmp_path / "rec" / last["frame"] / "overlay.png").read_bytes()
+                caught = sse_parts(web_base, {"Last-Event-ID": "0"}, 5)
+                assert [p["part_id"] for p in caught] == [r["part_id"] for r in results]
+
+                # kill -9: the page server dies with the station; the browser says STATION DOWN
+                # from the age of the last heartbeat it received
+                proc.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+                t_kill = time.monotonic()
+                page.wait_for_selector("#down-banner", state="visible", timeout=6_000)
+                took = time.monotonic() - t_kill
+                assert "STATION DOWN" in page.inner_text("#down-banner")
+                # heartbeats every 1 s, down after 3 s without one: ≤ 3 s after the kill, plus
+                # the page's 0.2 s check period and Playwright's polling
+                assert took <= 3.6, took
+                deadline = time.monotonic() + 3
+                st = {}
+                while time.monotonic() < deadline and not st.get("down"):
+                    st = json.loads(get(web_base + "/api/status")[1])
+                    time.sleep(0.2)
+                assert st["down"] is True and st["ready"] is False
+            finally:
+                web.send_signal(signal.SIGTERM)
+                try:
+                    assert web.wait(10) == 0, web.stderr.read() if web.stderr else ""
+                finally:
+                    if web.poll() is None:
+                        web.kill()
+        finally:
+            browser.close()
+
+
+def test_unrecorded_images_come_from_the_in_memory_ring_and_bad_input_is_refused(
+        tmp_path: Path) -> None:
+    """No station at all: the ring is what the daemon hands over when nothing is recorded."""
+    ring = ImageRing(2)
+    overlay = np.zeros((40, 60, 3), np.uint8)
+    overlay[10:20, 5:50] = (0, 255, 255)
+    ring.put("P1", {"overlay": overlay, "frame": overlay[:, :, 0], "aligned": overlay})
+    ring.put("P2", {"overlay": overlay})
+    ring.put("P3", {"overlay": overlay})  # P1 falls out (size 2)
+    assert ring.get("P1", "overlay") is None and len(ring) == 2
+    port = free_ports(2)
+    server = WebServer(WebOptions(pub=f"tcp://127.0.0.1:{port[1]}", catchup=None,
+                                  listen=f"127.0.0.1:{port[0]}"), ring=ring)
+    base = server.start().rstrip("/")
+    try:
+        status, png = get(base + "/api/parts/P3/overlay.png")
+        assert status == 200
+        back = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(back, overlay)  # lossless
+        assert get(base + "/api/parts/P1/overlay.png")[0] == 404
+        assert get(base + "/api/parts/P3/frame.png")[0] == 404
+        check_hostile(base)
+        status, page = get(base + "/")
+        assert status == 200 and b"STATION DOWN" in page
+        assert b"http://" not in page and b"https://" not in page  # no CDN
+        st = json.loads(get(base + "/api/status")[1])
+        assert st["ready"] is False and st["down"] is True  # no heartbeat ever
+        assert get(base + "/metrics")[0] == 200
+    finally:
+        server.stop()
+
+
+def test_station_web_refuses_bad_arguments() -> None:
+    for args, word in ((["--station", "tcp://127.0.0.1:99999"], "--station"),
+                       (["--station", "tcp://127.0.0.1:5556", "--listen", "nowhere"],
+                        "--listen"),
+                       (["--station", "tcp://127.0.0.1:5556", "--shifts", "25:00"], "--shifts")):
+        r = subprocess.run([sys.executable, "-m", "station.cli", "web", *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 78, r.stderr
+        assert word in r.stderr and "Traceback" not in r.stderr
+
+
+def test_chromium_is_the_debian_package() -> None:
+    """tests/run.sh installs chromium; the page test needs it (and no browser download)."""
+    if shutil.which("dpkg-query") is None:
+        pytest.skip("not a Debian system")
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "chromium"], capture_output=True,
+                       text=True)
+    assert "install ok installed" in r.stdout
