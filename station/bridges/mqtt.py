@@ -12,9 +12,10 @@ Topics under ``<prefix>``:
 Nothing is lost across a broker outage or a bridge restart: results and status events go out
 with QoS 1 and the position file (``<state>/position.json``) only advances over ``seq``s whose
 PUBACK came back, in order.  While the broker is away the bridge stops reading events (nothing
-piles up in memory); when it is back, the bridge resumes from the journal through the event
-client's catch-up.  Messages paho had in flight are sent again by paho itself, so a subscriber
-may see one twice (QoS 1 is at-least-once): consumers keep the first of each ``seq``.
+piles up in memory); when it is back, the bridge resumes from the journal after the last
+acknowledged ``seq`` through the event client's catch-up.  Messages paho had in flight are also
+sent again by paho itself, so a subscriber may see one twice (QoS 1 is at-least-once):
+consumers keep the first of each ``seq``.
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ class MqttBridge:
         c.will_set(self.topic("status"), "offline", qos=1, retain=True)
         c.reconnect_delay_set(min_delay=1, max_delay=5)
         c.max_queued_messages_set(0)
+        # no paho-side queue beyond the bridge's window: paho's reconnect resends only what it
+        # had in flight, and stops at the first message it had merely queued
+        c.max_inflight_messages_set(0)
         if s.username:
             c.username_pw_set(s.username, s.password)
         if s.tls_ca:
@@ -153,8 +157,9 @@ class MqttBridge:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
         if self.connected.is_set() and not self._stopping:
-            log.warning("lost the broker %s:%d (%s): pausing at seq %s, resuming from the "
-                        "journal when it is back", self.s.host, self.s.port, reason, self.handed)
+            log.warning("lost the broker %s:%d (%s): pausing; resuming from the journal after "
+                        "the last acknowledged seq %s when it is back", self.s.host, self.s.port,
+                        reason, self.delivered)
         self.connected.clear()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
@@ -181,8 +186,13 @@ class MqttBridge:
                     stop.wait(0.05)
                     continue
                 if sub is None:
+                    # (re)connected: everything after the last acknowledged seq, from the
+                    # journal; what paho still had in flight may arrive twice (QoS 1)
+                    self.pending.clear()
+                    self._mid_seq.clear()
+                    self.handed = self.delivered
                     sub = EventSubscriber(s.endpoints.pub, catchup=s.endpoints.catchup,
-                                          since=self.handed, down_after=s.down_after,
+                                          since=self.delivered, down_after=s.down_after,
                                           keys=s.keys)
                 if len(self.pending) >= s.window:
                     stop.wait(0.01)

@@ -57,8 +57,8 @@ class Proc:
 
 
 class DemoStation(Proc):
-    """``station demo --serve`` (trigger mode, journal in ``folder/state``) on fixed free ports,
-    so a restarted station is found where it was."""
+    """``station demo --serve`` (trigger mode, journal in ``folder/state``, 320×240 frames) on
+    fixed free ports, so a restarted station is found where it was."""
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -67,6 +67,7 @@ class DemoStation(Proc):
         self.trigger = f"tcp://127.0.0.1:{trig}"
         self.catchup = f"tcp://127.0.0.1:{catchup}"
         super().__init__([sys.executable, "-m", "station.cli", "demo", "--serve", "--train", "8",
+                          "--size", "320x240",  # half the work of the default 640x480
                           "--state", str(folder / "state"),
                           "--pub", self.pub, "--trigger", self.trigger,
                           "--catchup", self.catchup], folder / "station.log")
