@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
 from station.client import CurveKeys, Event, EventSubscriber, Notice, TriggerClient
 
 log = logging.getLogger(__name__)
@@ -108,21 +111,31 @@ class StationLink:
         self._tag = f"{time.strftime('%y%m%d%H%M%S', time.gmtime())}{os.getpid() % 100:02d}"
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        # the TCP connection to the station's PUB socket is gone (a killed station on this host
+        # or a refused reconnect): not ready at once, before the 3 s heartbeat rule says so
+        self.disconnected = False
 
     # ------------------------------------------------------------------------------ state
     @property
     def ready(self) -> bool:
         """Heartbeats arrive and the station says ``ready`` (triggers will be inspected)."""
-        return self.sub.connected and not self.sub.down and self.state == "ready"
+        return self.up and self.state == "ready"
 
     @property
     def up(self) -> bool:
-        """Heartbeats arrive (the station may still be starting or have its camera down)."""
-        return self.sub.connected and not self.sub.down
+        """Heartbeats arrive and the connection stands (the station may still be starting or
+        have its camera down)."""
+        return self.sub.connected and not self.sub.down and not self.disconnected
 
     def start(self) -> StationLink:
         """Start the subscriber thread and the 1 Hz heartbeat counter."""
+        monitor = self.sub.socket.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.sub.start(self._on_event, self._on_notice)
+        self._watcher = threading.Thread(target=self._watch, args=(monitor,),
+                                         name="bridge-connection", daemon=True)
+        self._watcher.start()
         self._ticker = threading.Thread(target=self._tick, name="bridge-heartbeat", daemon=True)
         self._ticker.start()
         return self
@@ -130,9 +143,26 @@ class StationLink:
     def close(self) -> None:
         """Stop the threads and close the sockets."""
         self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join(2.0)
+        for t in (self._ticker, self._watcher):
+            if t is not None:
+                t.join(2.0)
         self.sub.close()
+
+    def _watch(self, monitor: zmq.Socket) -> None:
+        """Follow the SUB socket's TCP connection (its monitor socket, owned by this thread)."""
+        try:
+            while not self._stop.is_set():
+                if not monitor.poll(200):
+                    continue
+                event = recv_monitor_message(monitor)["event"]
+                lost = event == zmq.EVENT_DISCONNECTED
+                if lost != self.disconnected:
+                    self.disconnected = lost
+                    log.log(logging.WARNING if lost else logging.INFO, "connection to %s %s",
+                            self.settings.endpoints.pub, "lost" if lost else "established")
+                    self._changed()
+        finally:
+            monitor.close(linger=0)
 
     def _tick(self) -> None:
         """Count once a second while heartbeats arrive: a heartbeat newer than 1.5 intervals."""
@@ -140,7 +170,7 @@ class StationLink:
             age = self.sub.heartbeat_age()
             hb = self.sub.last_heartbeat or {}
             interval = hb.get("interval_s") if isinstance(hb.get("interval_s"), float) else 1.0
-            if age is not None and age < 1.5 * max(1.0, interval) and not self.sub.down:
+            if age is not None and age < 1.5 * max(1.0, interval) and self.up:
                 self.heartbeat_count += 1
             self._changed()
 
