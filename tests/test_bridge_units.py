@@ -78,5 +78,14 @@ def test_bad_options_exit_78_with_one_clear_line(tmp_path: Path,
     assert rc == 78 and "--prefix" in err, err
     rc, err = run("modbus", "--deadline", "0")
     assert rc == 78 and "--deadline" in err, err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    rc, err = run("mqtt", "--state", str(blocker / "state"))
+    assert rc == 78 and "--state" in err and "cannot create" in err, err
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "position.json").write_text('{"seq": 12')  # torn by hand: not guessed around
+    rc, err = run("mqtt", "--state", str(state))
+    assert rc == 78 and "unreadable position file" in err and "--since" in err, err
     rc, err = run("modbus", "-c", str(tmp_path / "missing.yaml"))
     assert rc == 78 and "missing.yaml" in err and "Traceback" not in err, err

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -105,7 +106,12 @@ class MqttBridge:
     def __init__(self, settings: MqttSettings) -> None:
         self.s = settings
         self.state_dir = Path(settings.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--state {self.state_dir}: cannot create it ({exc})") from exc
+        if not os.access(self.state_dir, os.W_OK):
+            raise ConfigError(f"--state {self.state_dir}: not writable by this user")
         stored = read_position(self.state_dir)
         self.delivered: int | None = stored if stored is not None else settings.since
         self.handed = self.delivered  # the newest seq given to paho
@@ -265,10 +271,16 @@ class MqttBridge:
         now = time.monotonic()
         if not force and now - self._saved_at < PERSIST_EVERY_S:
             return
-        write_json_atomic(self.state_dir / POSITION_FILE,
-                          {"seq": self.delivered, "prefix": self.s.prefix,
-                           "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        self._saved, self._saved_at = self.delivered, now
+        self._saved_at = now
+        try:
+            write_json_atomic(self.state_dir / POSITION_FILE,
+                              {"seq": self.delivered, "prefix": self.s.prefix,
+                               "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        except OSError as exc:  # a full disk: keep publishing; a restart then re-sends more
+            log.error("cannot save the position (seq %s) in %s: %s", self.delivered,
+                      self.state_dir, exc)
+            return
+        self._saved = self.delivered
 
     def _finish(self) -> None:
         """Wait a moment for the last PUBACKs, save the position, say offline, disconnect."""
@@ -291,8 +303,9 @@ class MqttBridge:
 
 def run_mqtt(settings: MqttSettings) -> int:
     """Run the bridge until SIGTERM/SIGINT."""
+    bridge = MqttBridge(settings)  # refuses a bad state folder before anything starts
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    return MqttBridge(settings).run(stop)
+    return bridge.run(stop)
