@@ -25,6 +25,8 @@ COMMAND_MODULES = [
     "station.cmd_bench",
     "station.cmd_bridge",
     "station.cmd_web",
+    "station.cmd_keys",
+    "station.cmd_recipe",
 ]
 
 

@@ -2,16 +2,27 @@
 
 Everything ``station run`` would refuse at start-up is refused here first, naming file:line:
 wrong keys and values, duplicate keys, endpoint ports outside 1-65535, folders the station cannot
-write, an enabled VLM without a usable local model folder."""
+write, a recipe whose files do not match ``recipe.sha256`` or whose unit space / thresholds /
+golden are unusable, an enabled VLM without a usable local model folder, a ``security:`` section
+whose key files are missing.  Then the COMPLETE inspector is built as the daemon builds it
+(:func:`station.build.build_inspector`: recipe, judges, policy, model) and the golden is run
+through it (a dry run): an ``error`` verdict, an exception, or the metric judge calling the golden
+itself a defect is a refusal too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
-from pipeline.recipe import Recipe
-from pipeline.vlm.settings import effective_vlm_settings
+from pipeline.base.errors import ConfigError
+from pipeline.base.frames import Frame
+from pipeline.inspector import Inspector
+from pipeline.verdicts import Verdict
+from station.build import build_inspector
 from station.config import load_config
+from station.security import load_curve
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,16 +33,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def dry_run(inspector: Inspector) -> dict[str, str]:
+    """Run the recipe's golden through ``inspector`` as a part; returns each judge's verdict.
+    ConfigError when the inspector fails, says ``error``, or the metric judge finds defects on
+    the golden itself (its thresholds cannot fit)."""
+    recipe = inspector.recipe
+    frame = Frame(image=recipe.golden.copy(), seq=0, ts=time.time(), source_id="check-config",
+                  meta={"part_id": "check-config-golden"})
+    where = str(recipe.folder) if recipe.folder else None
+    try:
+        result = inspector.inspect(frame, "check-config-golden")
+    except Exception as exc:  # what would crash the daemon on its first part
+        raise ConfigError(f"dry run: the inspector failed on the golden: "
+                          f"{type(exc).__name__}: {exc}", where) from None
+    if result.verdict == Verdict.ERROR:
+        raise ConfigError(f"dry run: the golden through the inspector gives error "
+                          f"({result.reason})", where)
+    metric = result.judges.get("metric")
+    if metric is not None and metric.verdict == Verdict.DEFECT:
+        cells = ", ".join(d.address for d in metric.defects[:3])
+        raise ConfigError(f"dry run: the metric judge calls the golden itself a defect (cells "
+                          f"{cells}): the thresholds do not fit this golden", where)
+    return {name: j.verdict.value for name, j in result.judges.items()}
+
+
 def run(args: argparse.Namespace) -> int:
-    """Load both files fully; print a one-line summary; ConfigError → exit 78."""
+    """Load both files fully, build the inspector, dry-run the golden; print a one-line
+    summary; ConfigError → exit 78."""
     path = args.config_opt or args.config
     if not path:
-        from pipeline.base.errors import ConfigError
-
         raise ConfigError("give the station YAML to check")
     cfg = load_config(path, check_paths=True)
-    recipe = Recipe.load(cfg.resolve(cfg.recipe))
-    vlm = effective_vlm_settings(recipe.settings, cfg)  # the model folder checked when enabled
+    curve = load_curve(cfg)
+    inspector = build_inspector(cfg)
+    try:
+        judged = dry_run(inspector)
+    finally:
+        close = getattr(inspector, "close", None)
+        if close is not None:
+            close()
+    recipe = inspector.recipe
     print(json.dumps({
         "ok": True,
         "config": cfg.path,
@@ -42,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
         "recipe_hash": recipe.short_hash,
         "cells": len(recipe.grid.cells),
         "policy": cfg.policy,
-        "vlm": vlm.enabled,
+        "judges": list(judged),
+        "dry_run": judged,
+        "vlm": "vlm" in judged,
+        "curve": curve is not None,
     }))
     return 0

@@ -149,6 +149,29 @@ class TriggerSection:
 
 
 @dataclass(frozen=True)
+class CurveSection:
+    """``security.curve``: the station's secret certificate (``station keys generate``) and the
+    folder of authorised clients' public ``*.key`` files (relative paths: to this YAML)."""
+
+    server_secret: str
+    clients: str
+
+    def validate(self) -> None:
+        for name in ("server_secret", "clients"):
+            if not getattr(self, name).strip():
+                raise FieldError(name, "must name a file / folder")
+
+
+@dataclass(frozen=True)
+class SecuritySection:
+    """Who may use the endpoints: with ``curve`` every socket requires a listed client key
+    (ZeroMQ CURVE + ZAP, :mod:`station.security`); without it the sockets are plain (and the
+    default endpoints loopback only)."""
+
+    curve: CurveSection | None = None
+
+
+@dataclass(frozen=True)
 class RecordingSection:
     """What the recorder keeps, and for how long."""
 
@@ -225,6 +248,7 @@ class StationConfig:
     trigger: TriggerSection = field(default_factory=TriggerSection)
     recording: RecordingSection = field(default_factory=RecordingSection)
     web: WebSection = field(default_factory=WebSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
     # decision policy: any, all (alias both) or a judge's name (checked against the judges when
     # the inspector is built)
     policy: str = "any"
@@ -260,6 +284,7 @@ def load_config(path: str | Path, *, check_paths: bool = False) -> StationConfig
         raise ConfigError(f"recipe folder {recipe_dir} has no recipe.yaml", doc.where(("recipe",)))
     if check_paths:
         _check_writable(cfg, doc)
+        _check_security(cfg, doc)
     _check_policy(cfg, doc, recipe_dir)
     return cfg
 
@@ -282,6 +307,21 @@ def _check_policy(cfg: StationConfig, doc: YamlDoc, recipe_dir: Path) -> None:
         validate_policy(cfg.policy, names)
     except ValueError as exc:
         raise ConfigError(str(exc), doc.where(("policy",))) from None
+
+
+def _check_security(cfg: StationConfig, doc: YamlDoc) -> None:
+    """ConfigError at the key's line when a ``security.curve`` file or folder does not exist
+    (its content is checked by :func:`station.security.load_curve`)."""
+    curve = cfg.security.curve
+    if curve is None:
+        return
+    for key, value, want_dir in (("server_secret", curve.server_secret, False),
+                                 ("clients", curve.clients, True)):
+        p = cfg.resolve(value)
+        if not (p.is_dir() if want_dir else p.is_file()):
+            what = "no such folder" if want_dir else "no such key file"
+            raise ConfigError(f"security.curve.{key}: {p}: {what}",
+                              doc.where(("security", "curve", key)))
 
 
 def _check_writable(cfg: StationConfig, doc: YamlDoc) -> None:

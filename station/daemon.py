@@ -55,6 +55,7 @@ from station.notify import Notifier
 from station.part_ids import PartIdIndex
 from station.parts import StationParts
 from station.requests import Job, StationRequests, TriggerQueue
+from station.security import StationAuth, start_auth
 from station.servers import CATCHUP_SNDHWM, RequestServer, make_pub, make_router
 from station.status import StationStatus
 from station.web.ring import ImageRing
@@ -100,6 +101,7 @@ class StationDaemon:
         self._last_disk_check = 0.0
         self._last_status = 0.0
         self._ctx: zmq.Context | None = None
+        self._auth: StationAuth | None = None
         self._pub: zmq.Socket | None = None
         self._server: RequestServer | None = None
         self.journal: Journal | None = None
@@ -169,11 +171,13 @@ class StationDaemon:
                                segment_bytes=int(ev.journal_segment_mb * 2**20),
                                max_bytes=int(ev.journal_max_mb * 2**20))
         self._ctx = zmq.Context()
+        self._auth = start_auth(self._ctx, cfg)  # CURVE + ZAP when security.curve is set
+        curve = self._auth.curve if self._auth is not None else None
         self.part_ids.load(self.journal.entries())
-        self._pub, pub_ep = make_pub(self._ctx, ev.pub)
-        trigger, trig_ep = make_router(self._ctx, ev.trigger, "events.trigger")
+        self._pub, pub_ep = make_pub(self._ctx, ev.pub, curve=curve)
+        trigger, trig_ep = make_router(self._ctx, ev.trigger, "events.trigger", curve=curve)
         catchup, cu_ep = make_router(self._ctx, ev.catchup, "events.catchup",
-                                     sndhwm=CATCHUP_SNDHWM)
+                                     sndhwm=CATCHUP_SNDHWM, curve=curve)
         self.status.endpoints.update({"pub": pub_ep, "trigger": trig_ep, "catchup": cu_ep})
         pub = self._pub
         self.publisher = EventPublisher(self.journal, station=self.station_id, boot=self.boot,
@@ -583,6 +587,8 @@ class StationDaemon:
             self._pub.close(linger=1000)  # let the last events (stopping) leave
         if self.journal is not None:
             self.journal.close()
+        if self._auth is not None:
+            self._auth.stop()
         if self._ctx is not None:
             self._ctx.destroy(linger=0)  # closes sockets a failed start-up left open
         self.notifier.close()

@@ -27,6 +27,7 @@ import zmq
 
 from pipeline.base.errors import ConfigError, StationError
 from station.events import dumps
+from station.security import CurveServer
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,13 @@ def bind(sock: zmq.Socket, endpoint: str, what: str) -> str:
     return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
 
 
-def make_pub(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, str]:
-    """The PUB socket, bound; returns it and its actual endpoint."""
+def make_pub(ctx: zmq.Context, endpoint: str, *,
+             curve: CurveServer | None = None) -> tuple[zmq.Socket, str]:
+    """The PUB socket, bound; returns it and its actual endpoint.  ``curve``: a CURVE server
+    (the context's ZAP handler admits the listed clients; :mod:`station.security`)."""
     sock = ctx.socket(zmq.PUB)
+    if curve is not None:
+        curve.apply(sock)
     sock.setsockopt(zmq.SNDHWM, PUB_HWM)
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
@@ -141,10 +146,14 @@ def make_pub(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, str]:
 
 
 def make_router(ctx: zmq.Context, endpoint: str, what: str, *,
-                sndhwm: int = ROUTER_SNDHWM) -> tuple[zmq.Socket, str]:
+                sndhwm: int = ROUTER_SNDHWM,
+                curve: CurveServer | None = None) -> tuple[zmq.Socket, str]:
     """A request ROUTER socket, bound, with the limits that protect the station (``sndhwm``:
-    replies kept per peer that does not read them; more are dropped)."""
+    replies kept per peer that does not read them; more are dropped).  ``curve``: a CURVE
+    server, as for :func:`make_pub`."""
     sock = ctx.socket(zmq.ROUTER)
+    if curve is not None:
+        curve.apply(sock)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     sock.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
     # Replies a peer does not read wait in its pipe, at most this many; a full pipe makes the

@@ -11,7 +11,7 @@ from support.cli import station
 from support.files import write
 
 from pipeline.base.errors import EXIT_CONFIG, ConfigError
-from pipeline.recipe import Recipe
+from pipeline.recipe import Recipe, seal_recipe
 from pipeline.vlm.settings import effective_vlm_settings
 from station.config import load_config
 
@@ -117,6 +117,7 @@ def copy_recipe(recipe_dir: Path, dest: Path, vlm_yaml: str) -> Path:
     text = (dest / "recipe.yaml").read_text()
     assert "\nvlm: {}\n" in text  # the demo recipe sets no vlm key
     (dest / "recipe.yaml").write_text(text.replace("\nvlm: {}\n", "\n") + vlm_yaml)
+    seal_recipe(dest)  # a deliberate edit: sealed again, as `station recipe seal` does
     return dest
 
 

@@ -16,7 +16,7 @@ from pipeline.base.frames import Frame
 from pipeline.grid import parse_address
 from pipeline.inspector import Inspector
 from pipeline.judges.base import JudgeContext, build_judges, register_judge
-from pipeline.recipe import Recipe
+from pipeline.recipe import Recipe, seal_recipe
 from pipeline.verdicts import Defect, JudgeResult, Verdict
 from station.config import load_config
 from station.golden_switch import GoldenSwitch
@@ -69,6 +69,7 @@ def recipe_with_judges(src: Recipe, folder: Path, judges: list[str]) -> Path:
     data = yaml.safe_load((folder / "recipe.yaml").read_text())
     data["judges"] = judges
     (folder / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    seal_recipe(folder)  # a deliberate edit: sealed again, as `station recipe seal` does
     return folder
 
 

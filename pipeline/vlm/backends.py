@@ -58,7 +58,40 @@ _PIXTRAL_PROCESSOR_KEYS = (
     "image_break_token",
     "image_end_token",
 )
-WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt")
+# Weights in Python's pickle format: loading one runs whatever code it carries.
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def weights_problem(path: Path, *, allow_pickle: bool = False,
+                    stem: str = "*") -> str | None:
+    """Why the weights of ``path`` must not be loaded, or None: safetensors files are used when
+    there (pickle files beside them are ignored); pickle-format files alone (``*.bin``, ``*.pt``,
+    ``*.pth``, ``*.ckpt``) only with ``allow_pickle`` (``vlm.allow_pickle: true`` in the recipe:
+    unpickling runs code from the file).  ``stem`` narrows the names (``adapter_model``)."""
+    if any(path.glob(f"{stem}.safetensors")):
+        return None
+    pickles = pickle_only(path, stem)
+    if not pickles:
+        return f"no weights ({stem}.safetensors) in {path}"
+    if allow_pickle:
+        return None
+    return pickle_refusal(path, pickles)
+
+
+def pickle_only(path: Path, stem: str = "*") -> list[str]:
+    """Names of the pickle-format weight files of ``path`` when it has no safetensors ones
+    (empty when it has, or has neither)."""
+    if any(path.glob(f"{stem}.safetensors")):
+        return []
+    return sorted(p.name for pat in PICKLE_PATTERNS for p in path.glob(stem + pat[1:]))
+
+
+def pickle_refusal(path: Path, pickles: list[str]) -> str:
+    """Why a folder of pickle-only weights is refused, and what to do."""
+    return (f"{path} holds only pickle-format weights ({', '.join(pickles[:3])}), which can run "
+            "code when loaded: convert them to safetensors, or set vlm.allow_pickle: true in "
+            "the recipe if you trust this folder")
 
 
 @dataclass
@@ -71,6 +104,7 @@ class ModelFolder:
     adapter_dir: Path | None = None  # set when ``path`` is a LoRA adapter
     base_dir: Path | None = None  # the adapter's base model folder
     prequantized: str | None = None  # quant_method of a saved quantization_config
+    pickle_weights: bool = False  # no safetensors: pickle weights, allowed by vlm.allow_pickle
 
     @property
     def weights_dir(self) -> Path:
@@ -200,9 +234,11 @@ def family_of(config: dict[str, Any], where: Path) -> str:
 
 
 def inspect_folder(
-    model_dir: str | os.PathLike[str], base_model_dir: str | None = None
+    model_dir: str | os.PathLike[str], base_model_dir: str | None = None, *,
+    allow_pickle: bool = False,
 ) -> ModelFolder:
-    """Read a model (or LoRA adapter) folder's json files and check that it can be loaded."""
+    """Read a model (or LoRA adapter) folder's json files and check that it can be loaded
+    (safetensors weights, or pickle ones with ``allow_pickle``: see :func:`weights_problem`)."""
     path = _local_dir(model_dir, "model folder")
     adapter_cfg = path / "adapter_config.json"
     if adapter_cfg.is_file():
@@ -213,9 +249,10 @@ def inspect_folder(
                 f"vlm: adapter {path} names no base model; set vlm.base_model_dir to its folder"
             )
         base = _local_dir(base_ref, "base model folder of the adapter")
-        folder = inspect_folder(base)
-        if not any(path.glob("adapter_model.*")):
-            raise ConfigError(f"vlm: adapter folder {path} has no adapter_model.safetensors")
+        folder = inspect_folder(base, allow_pickle=allow_pickle)
+        problem = weights_problem(path, allow_pickle=allow_pickle, stem="adapter_model")
+        if problem:
+            raise ConfigError(f"vlm: adapter: {problem}")
         folder.adapter_dir, folder.base_dir = path, base
         folder.path = path
         return folder
@@ -224,14 +261,16 @@ def inspect_folder(
         raise ConfigError(f"vlm: {path} has no config.json (not a model folder)")
     config = _read_json(cfg_path)
     family = family_of(config, path)
-    if not any(any(path.glob(p)) for p in WEIGHT_PATTERNS):
-        raise ConfigError(f"vlm: no weights (*.safetensors) in {path}")
+    problem = weights_problem(path, allow_pickle=allow_pickle)
+    if problem:
+        raise ConfigError(f"vlm: {problem}")
     quant = config.get("quantization_config") or None
     return ModelFolder(
         path=path,
         family=family,
         config=config,
         prequantized=(quant or {}).get("quant_method") if isinstance(quant, dict) else None,
+        pickle_weights=not any(path.glob("*.safetensors")),
     )
 
 
@@ -428,6 +467,8 @@ def _load_transformers(folder: ModelFolder, device: str, trust_remote_code: bool
         "device_map": {"": device},
         "local_files_only": True,
         "trust_remote_code": trust_remote_code,
+        # safetensors whenever the folder has them (never unpickle a .bin lying beside them)
+        "use_safetensors": not folder.pickle_weights,
     }
     if folder.prequantized is None:
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -493,7 +534,8 @@ def load_model(settings: VlmSettings, *, cache_dir: str | Path | None = None) ->
     if not settings.model_dir:
         raise ConfigError("vlm.model_dir: not set (a local model folder is needed)")
     prepare_environment(cache_dir)
-    folder = inspect_folder(settings.model_dir, settings.base_model_dir)
+    folder = inspect_folder(settings.model_dir, settings.base_model_dir,
+                            allow_pickle=settings.allow_pickle)
     if folder.family in REMOTE_CODE and not settings.trust_remote_code:
         raise ConfigError(
             f"vlm: {FAMILIES[folder.family]} runs its own code from {folder.weights_dir}; "

@@ -137,6 +137,9 @@ class VlmSettings:
     model_dir: str | None = None  # local folder only (absolute after loading); may be an adapter
     base_model_dir: str | None = None  # base model of an adapter (default: the adapter's record)
     trust_remote_code: bool = False  # only for folders that carry their own code (Phi-3.5-vision)
+    # weights in pickle format (*.bin, *.pt, *.pth, *.ckpt) run code when loaded: refused unless
+    # the recipe opts in; safetensors are used whenever the folder has them
+    allow_pickle: bool = False
     device: str = "auto"  # auto | cuda | cuda:N | cpu
     require_4bit: bool = True  # no 4-bit layer after loading is a start-up error
     warmup: bool = True  # one inference at start-up, outside any budget (compiles, allocates)
@@ -298,4 +301,11 @@ def _check_model_folder(settings: VlmSettings, layers: list[Overrides[VlmSetting
         raise ConfigError(f"vlm.model_dir: {folder} is not a folder", at.where("model_dir"))
     if not ((folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()):
         raise ConfigError(f"vlm.model_dir: {folder} has no config.json (not a model folder)",
+                          at.where("model_dir"))
+    from pipeline.vlm.backends import pickle_only, pickle_refusal  # imports settings: here
+
+    adapter = (folder / "adapter_config.json").is_file()
+    pickles = pickle_only(folder, "adapter_model" if adapter else "*")
+    if pickles and not settings.allow_pickle:
+        raise ConfigError(f"vlm.model_dir: {pickle_refusal(folder, pickles)}",
                           at.where("model_dir"))
