@@ -7,8 +7,11 @@ MJPEG video, and a real ``station run`` process triggered over its real trigger 
 
 from __future__ import annotations
 
+import socket
 import struct
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -157,6 +160,68 @@ def test_mjpeg_video_frames_go_through_the_strict_decoder(tmp_path: Path,
         cam.close()
     assert [f.error is None for f in live] == [True, False, True]
     assert live[1].error.startswith("corrupt_frame: ")
+
+
+class MultipartJpegServer:
+    """A network camera that sends what it is given: HTTP ``multipart/x-mixed-replace`` (the
+    MJPEG-over-HTTP of IP cameras) on 127.0.0.1, one client, the JPEGs in turn at ``fps``, each
+    part's Content-Length the bytes actually sent (a truncated JPEG arrives whole as a part)."""
+
+    def __init__(self, jpegs: list[bytes], fps: float = 10.0) -> None:
+        self.jpegs = jpegs
+        self.period = 1.0 / fps
+        self._srv = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._srv.getsockname()[1]}/cam.mjpg"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self._srv.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._srv.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                try:
+                    conn.recv(65536)  # the GET request
+                    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;"
+                                 b"boundary=frame\r\n\r\n")
+                    i = 0
+                    while not self._stop.is_set():
+                        data = self.jpegs[i % len(self.jpegs)]
+                        conn.sendall(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                     + str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n")
+                        i += 1
+                        time.sleep(self.period)
+                except OSError:
+                    continue
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._stop.set()
+        self._thread.join(5)
+        self._srv.close()
+
+
+def test_mjpeg_network_stream_damaged_frames_are_corrupt(part_jpegs: list[bytes]) -> None:
+    """MJPEG over HTTP (OpenCV's FFmpeg backend exposes the JPEG bytes in raw mode): a whole
+    JPEG gives the strict decoder's picture, a truncated one ``corrupt_frame``."""
+    whole, cut = part_jpegs[2], _truncated(part_jpegs[3], 0.85)
+    server = MultipartJpegServer([whole, cut])
+    cam = LiveCamera(server.url, open_timeout=10.0, read_timeout=5.0)
+    cam.start()
+    try:
+        frames = [cam.read_latest(15.0) for _ in range(6)]
+    finally:
+        cam.close()
+        server.close()
+    good = [f for f in frames if f.image is not None]
+    bad = [f for f in frames if f.error is not None]
+    assert good and bad, [f.error for f in frames]
+    assert all(np.array_equal(f.image, decode_image(whole, "whole")) for f in good)
+    assert all(f.error.startswith("corrupt_frame: stream frame: damaged JPEG") for f in bad)
 
 
 # ----------------------------------------------------------------------------- acceptance
