@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="grey camera frames (default; the target is for grey)")
     p.add_argument("--events", action="store_true",
                    help="also measure publish→receive and trigger→result on loopback")
+    p.add_argument("--web", action="store_true",
+                   help="also measure trigger→result with 5 operator pages connected vs none")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=run)
 
@@ -39,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
 
         result["publish_receive_ms"] = bench_pubsub()
         result["trigger_result_ms"] = bench_trigger()
+    if args.web:
+        from station.bench.web import bench_web
+
+        result["web_ms"] = bench_web()
     if args.json:
         print(json.dumps(result))
     else:

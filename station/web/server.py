@@ -28,10 +28,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -59,6 +61,8 @@ LIMIT_MAX = 1000
 CATCHUP_MAX = 5000        # results one reconnecting browser may fetch from the journal
 CLIENT_QUEUE = 1000       # messages a slow browser may lag behind before it is dropped
 PNG_CACHE = 32
+EXECUTOR_THREADS = 3
+WEB_NICE = 10             # the page's threads yield the CPU to the inspection (Linux)
 _RECORD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 _CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
         "connect-src 'self'; frame-ancestors 'none'")
@@ -124,6 +128,7 @@ class WebServer:
         self._static = {name: resources.files("station.web").joinpath("static", name)
                         .read_bytes() for name in STATIC_FILES}
         self._png: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._png_pending: dict[tuple[str, str], asyncio.Future[bytes]] = {}
         self._ctx: zmq.Context | None = None
         self._sub: EventSubscriber | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -158,6 +163,7 @@ class WebServer:
             self._thread = None
 
     def _thread_main(self) -> None:
+        _lower_priority()  # this thread and the executor threads it starts (they inherit it)
         try:
             asyncio.run(self.serve())
         except BaseException as exc:  # reported by start(); the station keeps inspecting
@@ -167,6 +173,10 @@ class WebServer:
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         """Listen and follow the station until ``stop`` is set (or :meth:`stop` is called)."""
         self._loop = asyncio.get_running_loop()
+        # a few threads for the blocking work (subscriber polls, catch-up, PNG encoding), so the
+        # page never takes more of the machine than that from the inspection
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="web"))
         self._stop = stop or asyncio.Event()
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
@@ -370,14 +380,23 @@ class WebServer:
         return path
 
     async def _ring_png(self, part_id: str, kind: str) -> bytes | None:
+        """The ring's image as PNG, encoded once however many browsers ask at the same time."""
         key = (part_id, kind)
         if key in self._png:
             self._png.move_to_end(key)
             return self._png[key]
+        pending = self._png_pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
         image = self.ring.get(part_id, kind) if self.ring is not None else None
         if image is None:
             return None
-        png = await asyncio.get_running_loop().run_in_executor(None, _encode_png, image)
+        fut = asyncio.get_running_loop().run_in_executor(None, _encode_png, image)
+        self._png_pending[key] = fut
+        try:
+            png = await asyncio.shield(fut)
+        finally:
+            self._png_pending.pop(key, None)
         self._png[key] = png
         while len(self._png) > PNG_CACHE:
             self._png.popitem(last=False)
@@ -443,6 +462,12 @@ class WebServer:
         except (ClientError, zmq.ZMQError) as exc:
             log.warning("operator page catch-up %d..%d failed: %s", since + 1, upto, exc)
             return []
+
+
+def _lower_priority() -> None:
+    """Nice the calling thread (Linux: per thread) so the inspection thread comes first."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WEB_NICE)
 
 
 def _encode_png(image: np.ndarray) -> bytes:
