@@ -13,7 +13,7 @@ from camera.replay import open_replay_source
 from pipeline.base.errors import ConfigError
 from pipeline.inspector import Inspector
 from pipeline.recipe import build_recipe, read_image
-from station.cmd_replay import add_inspector_args, run_replay
+from station.cmd_replay import add_inspector_args, print_human_summary, run_replay
 from station.golden_switch import GoldenSwitch
 from station.recipe_tools import DEFAULTS_DIR, inspector_from_args, load_settings_file
 
@@ -27,8 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_inspector_args(p)
     p.add_argument("--settings", help="recipe settings YAML for --layout deeppcb "
                                       "(default: the built-in DeepPCB settings)")
-    p.add_argument("--report", metavar="DIR", help="write report.json + report.md into DIR")
+    p.add_argument("--report", metavar="DIR",
+                   help="write report.json, report.md and report.html into DIR")
     p.add_argument("--out", metavar="FILE", help="per-part JSON lines to FILE")
+    p.add_argument("--json", action="store_true",
+                   help="accepted for symmetry: stdout is always the summary as one JSON line")
     p.set_defaults(func=run)
 
 
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         total = len(source) if hasattr(source, "__len__") else None
         summary = run_replay(source, inspector, out=out, report_dir=args.report,
                              title=f"Evaluation of {data} ({layout})", limit=args.limit,
-                             total=total)
-    print(json.dumps(summary), file=sys.stdout)
+                             total=total, desc="eval")
+    print_human_summary(summary, args.report)
+    print(json.dumps(summary), file=sys.stdout, flush=True)
     return 0

@@ -1,4 +1,9 @@
-"""``station replay``: recorded frames, a folder, a video or a manifest through the pipeline."""
+"""``station replay``: recorded frames, a folder, a video or a manifest through the pipeline.
+
+Machine output only on stdout: one JSON object per part (unless ``--out FILE``), then one
+``{"summary": …}`` line.  Human text (the one-line summary, warnings, the progress bar when stderr
+is a terminal) goes to stderr.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,9 @@ from typing import Any
 from camera.replay import open_replay_source
 from pipeline.base.frames import Frame
 from pipeline.inspector import Inspector
+from station.progress import progress_bar
 from station.recipe_tools import inspector_from_args
-from station.replay_runner import PartOutcome, Progress, replay, write_json_line
+from station.replay_runner import PartOutcome, replay, write_json_line
 from station.report import ReportBuilder
 
 
@@ -36,8 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="run recorded frames through the same pipeline")
     p.add_argument("source", help="recording folder, image folder, video file or manifest CSV")
     add_inspector_args(p)
-    p.add_argument("--report", metavar="DIR", help="write report.json + report.md into DIR")
-    p.add_argument("--out", metavar="FILE", help="JSON lines to FILE instead of stdout")
+    p.add_argument("--report", metavar="DIR",
+                   help="write report.json, report.md and report.html into DIR")
+    p.add_argument("--out", metavar="FILE", help="per-part JSON lines to FILE instead of stdout")
+    p.add_argument("--json", action="store_true",
+                   help="accepted for symmetry: stdout is always JSON lines (parts, then the "
+                        "summary)")
     p.add_argument("--publish", metavar="ENDPOINT",
                    help="also publish results as events on this ZeroMQ PUB endpoint")
     p.add_argument("--state", metavar="DIR",
@@ -55,21 +65,21 @@ def run_replay(
     limit: int | None = None,
     total: int | None = None,
     extra: Callable[[PartOutcome], None] | None = None,
+    desc: str = "replay",
 ) -> dict[str, Any]:
     """Replay ``frames`` writing JSON lines to ``out``; returns (and writes) the report."""
     rec = inspector.recipe
-    builder = ReportBuilder(rec.grid, rec.settings.thresholds)
-    progress = Progress(min(total, limit) if total and limit else total or limit)
-    try:
+    builder = ReportBuilder(rec.grid, rec.settings.thresholds, recipe_hash=rec.short_hash,
+                            recipe_name=rec.settings.name)
+    with progress_bar(min(total, limit) if total and limit else total or limit,
+                      desc) as bar:
         for outcome in replay(frames, inspector, limit=limit):
             if out is not None:
                 write_json_line(outcome, out)
             builder.add(outcome)
             if extra:
                 extra(outcome)
-            progress.step(outcome)
-    finally:
-        progress.close()
+            bar.update()
     if report_dir:
         return builder.write(report_dir, title=title)
     return builder.summary()
@@ -111,5 +121,24 @@ def run(args: argparse.Namespace) -> int:
                                                       frame=o.to_json()["frame"]))
             if publisher else None,
         )
-    print(json.dumps({"summary": summary}), file=sys.stderr if not args.out else sys.stdout)
+    print_human_summary(summary, args.report)
+    print(json.dumps({"summary": summary}), flush=True)
     return 0
+
+
+def print_human_summary(s: dict[str, Any], report_dir: str | None) -> None:
+    """One line of counts (and the warnings) on stderr, for the person at the terminal."""
+    verdicts = ", ".join(f"{k} {v}" for k, v in s["verdicts"].items()) or "no parts"
+    line = f"{s['parts']} parts: {verdicts}"
+    if "misses" in s:
+        line += (f"; {s['misses']} misses, {s['false_rejects']} false rejects "
+                 f"(rate {s['false_reject_rate']})")
+    if "recorded" in s:
+        line += f"; agreement with the recording {s['recorded']['agreement']}"
+    if "f1" in s:
+        line += f"; F1 {s['f1']} (box recall {s['box_recall']})"
+    if report_dir:
+        line += f"; report: {Path(report_dir) / 'report.html'}"
+    print(line, file=sys.stderr)
+    for w in s["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)

@@ -2,14 +2,16 @@
 
 Frames that name their own golden (manifest rows, DeepPCB pairs) are judged against it through a
 :class:`~station.golden_switch.GoldenSwitch` (evaluation only; the live Inspector has one recipe).
+
+Ground truth comes from labelled sources only (manifest, DeepPCB, synthetic line).  A recording's
+verdicts are what the station said, not the truth: they are kept as ``recorded`` and reports show
+the agreement with them, never a confusion matrix.
 """
 
 from __future__ import annotations
 
 import json
-import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -27,6 +29,20 @@ class PartOutcome:
     result: InspectionResult
     truth_label: str | None = None  # "pass" | "defect" | None (unlabelled)
     truth_addresses: list[str] = field(default_factory=list)
+    # the per-cell thresholds the part was judged with (a GoldenSwitch builds them per golden)
+    thresholds: Mapping[str, float] | None = None
+
+    @property
+    def recorded(self) -> dict[str, Any] | None:
+        """What a recording says the station decided for this frame (``verdict``, ``defects``,
+        ``recipe``), or None when the frame does not come from a recording."""
+        doc = self.frame.meta.get("record")
+        if not isinstance(doc, dict):
+            return None
+        event = doc.get("event") if isinstance(doc.get("event"), dict) else {}
+        return {"verdict": self.frame.meta.get("verdict"),
+                "defects": list(self.frame.meta.get("defects") or []),
+                "recipe": doc.get("recipe", event.get("recipe"))}
 
     @property
     def rejected(self) -> bool:
@@ -48,14 +64,18 @@ class PartOutcome:
         if self.truth_label is not None:
             d["truth"] = {"label": self.truth_label, "defects": self.truth_addresses}
             d["outcome"] = self.outcome
+        recorded = self.recorded
+        if recorded is not None:
+            d["recorded"] = recorded
         return d
 
 
 def truth_of(frame: Frame) -> tuple[str | None, list[str]]:
-    """Ground truth from a labelled frame's meta (manifest, DeepPCB, recording, synthetic)."""
+    """Ground truth from a labelled frame's meta (manifest, DeepPCB, synthetic); a recording's
+    recorded verdict is not ground truth (None)."""
     label = frame.meta.get("label")
     defects = list(frame.meta.get("defects") or [])
-    if label is None:
+    if label is None or "record" in frame.meta:
         return None, defects
     label = str(label).strip().lower()
     if label in ("pass", "ok", "good", "passed"):
@@ -81,42 +101,23 @@ def replay(
             break
         result = inspector.inspect(frame)
         label, addresses = truth_of(frame)
-        outcome = PartOutcome(frame, result, label, addresses)
+        outcome = PartOutcome(frame, result, label, addresses,
+                              _thresholds(inspector, frame, result))
         if on_part:
             on_part(outcome)
         yield outcome
 
 
-class Progress:
-    """A one-line progress bar on stderr when it is a terminal (silent otherwise)."""
-
-    def __init__(self, total: int | None, stream: TextIO = sys.stderr) -> None:
-        self.total = total
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.n = 0
-        self.t0 = time.monotonic()
-
-    def step(self, outcome: PartOutcome) -> None:
-        """Advance by one part."""
-        self.n += 1
-        if not self.enabled:
-            return
-        rate = self.n / max(time.monotonic() - self.t0, 1e-6)
-        if self.total:
-            filled = int(30 * self.n / self.total)
-            bar = "#" * filled + "." * (30 - filled)
-            text = f"\r[{bar}] {self.n}/{self.total} {rate:5.1f} parts/s"
-        else:
-            text = f"\r{self.n} parts {rate:5.1f} parts/s"
-        self.stream.write(text)
-        self.stream.flush()
-
-    def close(self) -> None:
-        """End the progress line."""
-        if self.enabled and self.n:
-            self.stream.write("\n")
-            self.stream.flush()
+def _thresholds(inspector: GoldenSwitch, frame: Frame,
+                result: InspectionResult) -> Mapping[str, float]:
+    """The thresholds ``frame`` was judged with: its golden's recipe's (already built and cached
+    by the inspection), else (an error: nothing was judged) the base recipe's."""
+    if result.verdict is Verdict.ERROR:
+        return inspector.recipe.settings.thresholds
+    try:
+        return inspector.inspector_for(frame).recipe.settings.thresholds
+    except Exception:  # an unusable golden: the part is an error; the base thresholds do
+        return inspector.recipe.settings.thresholds
 
 
 def write_json_line(outcome: PartOutcome, out: TextIO) -> None:
