@@ -71,6 +71,10 @@ async def plc(url: str, parts: list[str]) -> tuple[list[dict[str, Any]], Changes
             await changes.wait_for("Count", count0 + i + 1)  # LastResult written, Count last
             got.append({n: await node.read_value() for n, node in nodes.items()})
         await changes.wait_for("Heartbeat", max(changes.values["Heartbeat"]) + 1, 3)
+        # an empty part id: the bridge makes one
+        made = [v.Value for v in await st.call_method(
+            f"{idx}:Trigger", ua.Variant("", ua.VariantType.String))]
+        assert made[0].startswith("UA-") and made[1] in ("pass", "defect", "error"), made
         await sub.delete()
     return got, changes, returned
 

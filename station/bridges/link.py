@@ -185,6 +185,10 @@ class StationLink:
     def _on_notice(self, n: Notice) -> None:
         log.log(logging.WARNING if n.kind in ("down", "lost", "gap") else logging.INFO,
                 "%s", n.message)
+        if n.kind == "down" and self.sub.station is None:
+            log.warning("never heard from the station at %s: is it running there, and does it "
+                        "require CURVE keys (--client-key/--server-key)?",
+                        self.settings.endpoints.pub)
         if n.kind in ("down", "up", "connected", "restart"):
             if n.kind == "down":
                 self.state = None
