@@ -135,16 +135,13 @@ def test_plc_cycles_station_kill_and_restart(tmp_path: Path) -> None:
     """20 PLC cycles match the station's events; kill -9 → heartbeat register stops and ready
     drops within 3 s, a trigger meanwhile is rejected at once; restarted → cycles resume."""
     station = DemoStation(tmp_path / "station").start()
-    port, late_port = free_ports(2)
+    port = free_ports(1)[0]
     br = bridge("modbus", [*station.station_args(), "--listen", f"127.0.0.1:{port}",
                            "--deadline", "5"], tmp_path / "bridge.log")
-    # the same station through a bridge whose deadline no inspection can meet
-    late = bridge("modbus", [*station.station_args(), "--listen", f"127.0.0.1:{late_port}",
-                             "--deadline", "0.02"], tmp_path / "late.log")
     truth = Results(station.pub)
-    plc = late_plc = None
+    plc = None
     try:
-        plc, late_plc = Plc(port), Plc(late_port)
+        plc = Plc(port)
         plc.wait(lambda r: r[R.HR_STATUS] & R.BIT_READY, 20)
         hb0 = plc.regs()[R.HR_HEARTBEAT]
         seen: list[str] = []
@@ -164,11 +161,6 @@ def test_plc_cycles_station_kill_and_restart(tmp_path: Path) -> None:
         assert regs[R.HR_STATUS] & (R.BIT_ERROR | R.BIT_REFUSED) == R.BIT_ERROR | R.BIT_REFUSED
         # only the part id registers are writable
         assert plc.c.write_register(R.HR_STATUS, 4).isError()
-        # a pass after the deadline never passes
-        late_plc.wait(lambda r: r[R.HR_STATUS] & R.BIT_READY, 20)
-        for i in range(2):
-            regs = late_plc.cycle(f"LATE-{i}")
-            assert regs[R.HR_STATUS] & (R.BIT_PASS | R.BIT_ERROR) == R.BIT_ERROR
 
         # kill -9: heartbeat register stops, ready drops within 3 s
         t_kill = time.monotonic()
@@ -203,10 +195,8 @@ def test_plc_cycles_station_kill_and_restart(tmp_path: Path) -> None:
             assert regs[R.HR_STATUS] & (R.BIT_PASS | R.BIT_DEFECT | R.BIT_ERROR) == bit
             assert (regs[R.HR_SEQ], regs[R.HR_N_DEFECTS], regs[4:12]) == (seq, n, codes)
     finally:
-        for p in (plc, late_plc):
-            if p is not None:
-                p.close()
+        if plc is not None:
+            plc.close()
         truth.sub.close()
-        late.stop()
         assert br.stop() == 0, br.text()[-3000:]
         station.stop()
