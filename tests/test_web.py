@@ -310,3 +310,54 @@ def test_chromium_is_the_debian_package() -> None:
     r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "chromium"], capture_output=True,
                        text=True)
     assert "install ok installed" in r.stdout
+
+
+def test_web_config_section_errors_name_file_and_line(tmp_path: Path,
+                                                      synthetic_recipe: Recipe) -> None:
+    from pipeline.base.errors import ConfigError
+    from station.config import load_config
+
+    for body, word in (('web:\n  listen: "nowhere"\n', "web.listen"),
+                       ('web:\n  listen: "127.0.0.1:8080"\n  port: 1\n', "web.port"),
+                       ('web:\n  shifts: ["6am"]\n', "web.shifts")):
+        path = tmp_path / "station.yaml"
+        path.write_text(f"recipe: {synthetic_recipe.folder}\n{body}")
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert word in str(err.value) and f"{path}:" in str(err.value), str(err.value)
+    path.write_text(f'recipe: {synthetic_recipe.folder}\nweb:\n  listen: "127.0.0.1:8080"\n')
+    assert load_config(path).web.enabled
+    path.write_text(f"recipe: {synthetic_recipe.folder}\n")
+    assert not load_config(path).web.enabled  # off unless configured
+
+
+def test_yield_per_shift_and_heat_map_follow_the_events_time_stamps() -> None:
+    import datetime as dt
+
+    from station.web.live import LiveState, shift_start
+
+    state = LiveState(shifts=["06:00", "14:00", "22:00"])
+    today = dt.datetime.now().astimezone().replace(hour=13, minute=59, second=0, microsecond=0)
+
+    def ev(seq: int, t: dt.datetime, verdict: str, cells: tuple[str, ...] = ()) -> dict:
+        ts = t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        return {"seq": seq, "ts": ts, "part_id": f"P{seq}", "verdict": verdict,
+                "defects": [{"address": c, "score": 9.0, "judge": "metric"} for c in cells],
+                "judges": {"metric": {"cells": {f"X:{x}, Y:{y}": 1.0 for y in "UD"
+                                                for x in "123"}}},
+                "timings_ms": {"queue": 1.0, "grab": 2.0, "total": 10.0}}
+
+    state.add_result(ev(1, today, "defect", ("X:1, Y:U",)))        # morning shift
+    state.add_result(ev(2, today + dt.timedelta(minutes=2), "defect", ("X:2, Y:D",)))
+    state.add_result(ev(3, today + dt.timedelta(minutes=3), "pass"))
+    assert state.shift_t == shift_start((today + dt.timedelta(minutes=2)).timestamp(),
+                                        state.shifts)
+    assert state.shift_counts == {"pass": 1, "defect": 1, "error": 0}
+    assert state.heat == {"X:2, Y:D": 1}  # the morning shift's defect is not in this shift
+    assert state.columns == ["1", "2", "3"] and state.rows == ["U", "D"]
+    assert sum(sum(c.values()) for c in state.hours.values()) == 3
+    assert state.latest is not None and state.latest["latency_ms"] == 13.0
+    assert [p["seq"] for p in state.parts(2)] == [3, 2]
+    assert [p["seq"] for p in state.parts(5, "defect")] == [2, 1]
+    held, missing = state.after(1)
+    assert [p["seq"] for p in held] == [2, 3] and missing is None
