@@ -30,6 +30,34 @@ def _mask(grid: AddressGrid, shape: tuple[int, int], inset: int) -> np.ndarray:
     return mask
 
 
+LINE_PX = 11  # length of the straight structures treated as edge-line noise
+
+
+def _line_kernels(length: int) -> list[np.ndarray]:
+    """Horizontal, vertical and both diagonal line structuring elements of ``length`` px."""
+    eye = np.eye(length, dtype=np.uint8)
+    return [np.ones((1, length), np.uint8), np.ones((length, 1), np.uint8), eye,
+            np.ascontiguousarray(eye[::-1])]
+
+
+def compact_blobs(d: np.ndarray, line_px: int = LINE_PX) -> np.ndarray:
+    """The compact part of ``D``: ``D`` minus its largest opening by a straight line of
+    ``line_px`` (horizontal, vertical, diagonal), opened 2×2.
+
+    A wandering edge raises ``D`` along a line that follows the edge: some line opening keeps it
+    whole and the difference is ~0.  A thin open or short raises ``D`` over a short blob across
+    the trace or gap, shorter than ``line_px`` in every direction: no line fits, it stays (the 2×2
+    opening removes single-pixel residues).
+    """
+    background = None
+    for k in _line_kernels(line_px):
+        o = cv2.morphologyEx(d, cv2.MORPH_OPEN, k)
+        background = o if background is None else cv2.max(background, o)
+    assert background is not None
+    return cv2.morphologyEx(cv2.subtract(d, background), cv2.MORPH_OPEN,
+                            np.ones((2, 2), np.uint8))
+
+
 class CellScorer:
     """Scores ``D`` maps of one frame size on one grid; masks and maps are built once."""
 
@@ -38,7 +66,9 @@ class CellScorer:
         self.grid = grid
         self.quantile = quantile
         # D eroded over support×support patches first: a defect raises D over a blob at least
-        # k wide, the thin lines of a wandering edge vanish (DeepPCB: support 3)
+        # k wide, the thin lines of a wandering edge vanish (DeepPCB: support 3); the erosion
+        # would also erase a 1-3 px open or short, so the compact blobs of raw D are kept
+        # alongside (compact_blobs)
         self._support = np.ones((support, support), np.uint8) if support > 1 else None
         self.shape = shape
         self.interior = _mask(grid, shape, inset)
@@ -51,8 +81,11 @@ class CellScorer:
         self._thr_map = np.empty((h, w), np.float32)
 
     def prepare(self, d: np.ndarray) -> np.ndarray:
-        """``D`` as the cells see it: eroded over the support patch (when set)."""
-        return d if self._support is None else cv2.erode(d, self._support)
+        """``D`` as the cells see it: with a support patch, the larger of ``D`` eroded over it and
+        the compact blobs of ``D`` (:func:`compact_blobs`); else ``D`` itself."""
+        if self._support is None:
+            return d
+        return cv2.max(cv2.erode(d, self._support), compact_blobs(d))
 
     def __call__(self, d: np.ndarray) -> dict[str, float]:
         """Score per cell (``D`` is 0 already where alignment left no valid pixels)."""

@@ -46,3 +46,21 @@ def test_separate_defects_in_adjacent_cells_are_both_kept() -> None:
     sc = scorer()
     fixed = sc.attribute(d, sc(d), THR)
     assert fixed["X:1, Y:U"] == 8.0 and fixed["X:2, Y:U"] == 5.0
+
+
+def test_support_removes_edge_lines_but_keeps_thin_compact_defects() -> None:
+    """support 3 (DeepPCB): the long thin lines a wandering edge draws in D vanish, while a 2-px
+    open or short (a short, compact blob the 3×3 erosion alone would erase) still scores."""
+    d = np.zeros((100, 300), np.float32)
+    d[30:32, 10:90] = 9.0  # edge noise: 2 px wide, 80 px long, horizontal
+    d[20:90, 50:52] = 9.0  # and a vertical one in the same cell
+    for i in range(40):  # a diagonal edge line
+        d[50 + i, 20 + i : 22 + i] = 9.0
+    d[40:46, 140:142] = 8.0  # a 2-px-wide gap across a trace: 6 px long
+    d[60:62, 240:246] = 7.0  # a 2-px bridge, the other way
+    s = CellScorer(GRID, (100, 300), inset=4, support=3)(d)
+    assert s["X:1, Y:U"] < 1.0
+    assert s["X:2, Y:U"] == 8.0
+    assert s["X:3, Y:U"] == 7.0
+    # without support the edge lines would score like defects
+    assert CellScorer(GRID, (100, 300), inset=4, support=1)(d)["X:1, Y:U"] == 9.0
