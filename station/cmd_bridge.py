@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen, 502 if args.bridge == "modbus" else 4840)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+        raise ConfigError(f"--listen {exc}") from exc
     link = StationLink(LinkSettings(endpoints=endpoints, deadline_s=args.deadline,
                                     down_after=args.down_after, keys=keys,
                                     id_prefix=args.id_prefix))

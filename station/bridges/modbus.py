@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from pymodbus.constants import ExcCodes
@@ -169,7 +170,7 @@ def parse_listen(text: str, default_port: int) -> tuple[str, int]:
     elif text.count(":") == 1:
         host, port = text.split(":")
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--listen {text!r}: the port must be 1..65535")
+        raise ValueError(f"{text!r}: the port must be 1..65535")
     return host or "0.0.0.0", int(port)
 
 
@@ -189,5 +190,10 @@ def run_modbus(link: StationLink, host: str, port: int) -> int:
         finally:
             link.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except (OSError, RuntimeError) as exc:  # pymodbus: "Could not start listen"
+        log.error("cannot serve Modbus TCP on %s:%d: %s", host, port, exc)
+        print(f"station bridge modbus: cannot listen on {host}:{port} ({exc})", file=sys.stderr)
+        return 1
     return 0

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from datetime import datetime, timezone
 from typing import Any
 
@@ -150,5 +151,9 @@ def run_opcua(link: StationLink, host: str, port: int) -> int:
             link.close()
 
     logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO is one line per request
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except OSError as exc:  # the port is taken or the address is not this host's
+        print(f"station bridge opcua: cannot listen on {host}:{port} ({exc})", file=sys.stderr)
+        return 1
     return 0
