@@ -44,7 +44,9 @@ from PIL import Image
 
 from pipeline.base.errors import ConfigError
 from pipeline.verdicts import Defect, JudgeResult, Verdict, make_address
+from pipeline.vlm.answer_tree import AnswerTree, build_tree, walk
 from pipeline.vlm.backends import LoadedModel, is_pixtral, load_model
+from pipeline.vlm.onepass import OnePass
 from pipeline.vlm.parser import DEFECT, PASS, parse_answer
 from pipeline.vlm.prompts import (
     Prompt,
@@ -163,11 +165,15 @@ class _Engine:
         self.pass_ids, self.defect_ids = self._judgement_token_sets()
         self.end_ids = self._end_ids()
         self._label_cache: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple] = {}
-        self._mode_cands = (
-            [self.ids(m.strip()) + self.ids("\n")[:1] for m in settings.defect_modes]
-            if settings.defect_modes
-            else None
-        )
+        self._trees: dict[tuple[tuple[str, ...], tuple[str, ...]], AnswerTree] = {}
+        self._sig: tuple | None = None
+        self.timing: dict[str, float] = {}
+        self.onepass: OnePass | None = None
+        if settings.mode == "scored" and settings.one_pass:
+            self.onepass = OnePass(
+                self.model, self.family, self.processor, self.device, self.float_dtype,
+                use_graphs=settings.cuda_graphs,
+            )
 
     # --- tokens --------------------------------------------------------------------------
 
@@ -211,25 +217,18 @@ class _Engine:
         ends.update(vocab[t] for t in _END_TOKENS if t in vocab)
         return sorted(ends)
 
-    def labels(self, columns: Sequence[str], rows: Sequence[str]) -> tuple:
-        """Token candidates for the grid's column and row labels (cached per grid)."""
+    def tree(self, columns: Sequence[str], rows: Sequence[str]) -> AnswerTree:
+        """The answer tree for a grid (cached per grid): mode list, column and row labels."""
         key = (tuple(columns), tuple(rows))
-        if key not in self._label_cache:
-            col_end = self.ids(", Y:")
-            row_end = self.ids("\n")[:1]
-
-            def cands(labels: Sequence[str], end: list[int], what: str) -> list[list[int]]:
-                out = [self.ids(str(lab)) + end for lab in labels]
-                if len({tuple(c) for c in out}) != len(out):
-                    raise ValueError(f"two {what} labels tokenize the same: {list(labels)}")
-                return out
-
-            self._label_cache[key] = (
-                cands(columns, col_end[:1], "column"),
-                col_end[1:],
-                cands(rows, row_end, "row"),
+        if key not in self._trees:
+            self._trees[key] = build_tree(
+                self.ids,
+                defect_word=self.s.defect_word,
+                columns=columns,
+                rows=rows,
+                modes=self.s.defect_modes,
             )
-        return self._label_cache[key]
+        return self._trees[key]
 
     # --- model calls ---------------------------------------------------------------------
 
@@ -298,14 +297,70 @@ class _Engine:
 
     # --- modes ---------------------------------------------------------------------------
 
+    def _one_pass(self, prompt: Prompt, tree: AnswerTree) -> tuple[Any, dict[int, Any], int]:
+        """Root and decision logits from one forward pass; the processor runs on the test image
+        alone while the prompt's text, image sizes and golden image are those of the plan."""
+        op = self.onepass
+        assert op is not None
+        self._last_prompt: Prompt = prompt
+        t0 = time.perf_counter()
+        import hashlib
+
+        golden = hashlib.blake2b(digest_size=16)
+        for im in prompt.images[:-1]:
+            golden.update(im.tobytes())
+        sig = (
+            repr(prompt.messages), prompt.prefill, tuple(im.size for im in prompt.images),
+            golden.hexdigest(), id(tree),
+        )
+        if op.ready() and sig == self._sig:
+            pix = self.processor.image_processor(images=[prompt.images[-1]], return_tensors="pt")
+            self.timing["preprocess_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+            root, table = op.run_tail(pix["pixel_values"])
+        else:
+            inputs = self.encode(prompt)
+            self.timing["preprocess_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+            root, table = op.run(inputs, tree)
+            self._sig = sig if op.ready() else None
+        plan = op.plan
+        n_in = (plan.split + plan.n_lin) if plan is not None else 0
+        return root, table, n_in
+
     def scored(self, prompt: Prompt, columns: Sequence[str], rows: Sequence[str]) -> JudgeResult:
         """Scored mode (see the module docstring)."""
         torch = self.torch
         s = self.s
-        inputs = self.encode(prompt)
-        n_in = int(inputs["input_ids"].shape[1])
-        sess = _Session(self, inputs)
-        probs = torch.softmax(sess.logits, dim=0)
+        tree = self.tree(columns, rows)
+        logits_at: Callable[[int, list[int]], Any]
+        if self.onepass is not None:
+            try:
+                root, table, n_in = self._one_pass(prompt, tree)
+            except Exception as exc:  # a family or backend the pass cannot take: step by step
+                if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+                    raise
+                log.warning("vlm: one-pass scoring failed (%s: %s); scoring step by step",
+                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                self.onepass = None
+                return self.scored(prompt, columns, rows)
+            forwards, kv = 1, self.onepass.cached
+
+            def logits_at(node: int, path: list[int]) -> Any:
+                return root if node < 0 else table[node]
+        else:
+            inputs = self.encode(prompt)
+            n_in = int(inputs["input_ids"].shape[1])
+            sess = _Session(self, inputs)
+            root = sess.logits
+            fed = [0]
+
+            def logits_at(node: int, path: list[int]) -> Any:
+                if node < 0:
+                    return sess.logits
+                sess.push(path[fed[0]:])
+                fed[0] = len(path)
+                return sess.next_logits()
+
+        probs = torch.softmax(root.float(), dim=0)
         p_pass = float(probs[self.pass_ids].sum())
         p_def = float(probs[self.defect_ids].sum())
         mass = p_pass + p_def
@@ -321,63 +376,35 @@ class _Engine:
                 vlm_verdict=PASS,
                 address=None,
                 raw=prompt.prefill + s.pass_word,
-                forwards=sess.forwards,
-                kv_cache=sess.use_cache,
+                forwards=forwards if self.onepass is not None else sess.forwards,
+                kv_cache=kv if self.onepass is not None else sess.use_cache,
                 tokens_in=n_in,
             )
             return JudgeResult(judge="vlm", verdict=Verdict.PASS, details=details)
-
-        sess.push(self.ids(f"{s.defect_word}\n- defect mode->"))
-        if self._mode_cands:
-            k, mode_p = sess.choose(self._mode_cands)
-            mode: str | None = s.defect_modes[k].strip()
-            details["mode_p"] = round(mode_p, 6)
-        else:
-            mode = self._free_mode(sess)
-        col_cands, col_tail, row_cands = self.labels(columns, rows)
-        sess.push(self.ids("- defect position->X:"))
-        ci, col_p = sess.choose(col_cands)
-        sess.push(col_tail)
-        ri, row_p = sess.choose(row_cands)
-        col, row = str(columns[ci]), str(rows[ri])
+        w = walk(tree, logits_at)
+        mode = s.defect_modes[w.mode].strip() if w.mode is not None else None
+        if w.mode_p is not None:
+            details["mode_p"] = round(w.mode_p, 6)
+        col, row = tree.columns[w.column], tree.rows[w.row]
         address = make_address(col, row)
-        raw = (
-            f"{prompt.prefill}{s.defect_word}\n- defect mode->{mode or ''}\n"
-            f"- defect position->{address}"
-        )
+        mode_line = f"\n- defect mode->{mode}" if mode is not None else ""
+        raw = f"{prompt.prefill}{s.defect_word}{mode_line}\n- defect position->{address}"
         details.update(
             vlm_verdict=DEFECT,
             address=address,
             defect_mode=mode,
-            address_p=round(col_p * row_p, 6),
+            address_p=round(w.column_p * w.row_p, 6),
+            column_p=round(w.column_p, 6),
+            row_p=round(w.row_p, 6),
             raw=raw,
-            forwards=sess.forwards,
-            kv_cache=sess.use_cache,
+            forwards=forwards if self.onepass is not None else sess.forwards,
+            kv_cache=kv if self.onepass is not None else sess.use_cache,
             tokens_in=n_in,
         )
         defect = Defect(
             address=address, column=col, row=row, score=round(p_defect, 6), mode=mode, judge="vlm"
         )
         return JudgeResult(judge="vlm", verdict=Verdict.DEFECT, defects=[defect], details=details)
-
-    def _free_mode(self, sess: _Session) -> str | None:
-        """Up to ``mode_tokens`` greedy tokens, to the end of the line; leaves "\\n" pushed."""
-        got: list[int] = []
-        tail = ""
-        for _ in range(self.s.mode_tokens):
-            tok = int(self.torch.argmax(sess.next_logits()))
-            if tok in self.end_ids:
-                break
-            piece = self.tok.decode([tok])
-            if "\n" in piece:  # the line ends inside this token: keep what precedes the newline
-                tail = piece.split("\n")[0]
-                break
-            got.append(tok)
-            sess.push([tok])
-        sess.push(self.ids(tail + "\n"))
-        mode = (self.tok.decode(got) + tail).replace("\ufffd", "")  # cut multi-byte characters
-        mode = mode.strip().strip("\"'`*").strip()
-        return mode or None
 
     def _greedy_config(self) -> Any:
         """The model's generation config set to greedy decoding (no sampling flags left over)."""
