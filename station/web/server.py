@@ -59,6 +59,7 @@ STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript",
                 "style.css": "text/css"}
 LIMIT_MAX = 1000
 CATCHUP_MAX = 5000        # results one reconnecting browser may fetch from the journal
+MAX_CLIENTS = 64          # live feeds open at once
 CLIENT_QUEUE = 1000       # messages a slow browser may lag behind before it is dropped
 PNG_CACHE = 32
 EXECUTOR_THREADS = 3
@@ -133,6 +134,7 @@ class WebServer:
         self._sub: EventSubscriber | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._fetching: asyncio.Semaphore | None = None  # made in the server's loop
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._closing = threading.Event()  # read by the executor threads of the start-up
@@ -178,6 +180,7 @@ class WebServer:
         self._loop.set_default_executor(
             ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="web"))
         self._stop = stop or asyncio.Event()
+        self._fetching = asyncio.Semaphore(1)
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         try:
@@ -414,6 +417,8 @@ class WebServer:
             held, missing = list(reversed(self.state.parts(backlog or 0))), None
         else:
             held, missing = self.state.after(since)
+        if len(self.clients) >= MAX_CLIENTS:
+            raise web.HTTPServiceUnavailable(text=f"{MAX_CLIENTS} live feeds are open already")
         client = _Client()
         self.clients.add(client)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -458,7 +463,9 @@ class WebServer:
                         if topic.startswith(RESULT_PREFIX)]
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, fetch)
+            assert self._fetching is not None
+            async with self._fetching:  # one journal read at a time, however many browsers
+                return await asyncio.get_running_loop().run_in_executor(None, fetch)
         except (ClientError, zmq.ZMQError) as exc:
             log.warning("operator page catch-up %d..%d failed: %s", since + 1, upto, exc)
             return []

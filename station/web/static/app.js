@@ -82,7 +82,10 @@
     let before = null;
     for (const c of feed.children) { if (+c.dataset.seq < p.seq) { before = c; break; } }
     feed.insertBefore(li, before);
-    while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
+    while (feed.children.length > FEED_MAX) {
+      shown.delete(+feed.lastElementChild.dataset.seq);  // a shift-long page stays small
+      feed.lastElementChild.remove();
+    }
   }
 
   function addGallery(p) {
@@ -98,7 +101,10 @@
     let before = null;
     for (const c of g.children) { if (+c.dataset.seq < p.seq) { before = c; break; } }
     g.insertBefore(fig, before);
-    while (g.children.length > GALLERY_MAX) g.lastElementChild.remove();
+    while (g.children.length > GALLERY_MAX) {
+      gallerySeqs.delete(+g.lastElementChild.dataset.seq);
+      g.lastElementChild.remove();
+    }
   }
 
   let latestSeq = -1;
