@@ -9,10 +9,11 @@ and the trigger → result latency of a real station process on loopback.
 from __future__ import annotations
 
 import argparse
-import json
+from typing import Any, TextIO
 
 from station.bench.machine import machine_info
 from station.bench.pipeline import bench_pipeline
+from station.machine_output import machine_stdout, print_json_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also measure publish→receive and trigger→result on loopback")
     p.add_argument("--web", action="store_true",
                    help="also measure trigger→result with 5 operator pages connected vs none")
-    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--json", action="store_true",
+                   help="machine output: one JSON line on stdout, nothing else there")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark and print the figures."""
+    """Run the benchmark and print the figures (``--json``: one JSON line, alone on stdout)."""
+    with machine_stdout(args.json) as out:
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
     w, _, h = args.size.lower().partition("x")
     result = bench_pipeline((int(w), int(h)), args.repeats, args.threads)
     result.update(machine_info())
@@ -46,8 +53,23 @@ def run(args: argparse.Namespace) -> int:
 
         result["web_ms"] = bench_web()
     if args.json:
-        print(json.dumps(result))
+        print_json_line(result, out)
     else:
-        for k, v in result.items():
-            print(f"{k:>20}: {v}")
+        for key, value in flatten(result):
+            print(f"{key:>32}: {value}", file=out)
     return 0
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested figures as ``(dotted.key, value)`` pairs for the human listing (lists of numbers
+    joined with spaces)."""
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += flatten(v, key + ".")
+        elif isinstance(v, list | tuple):
+            out.append((key, " ".join(str(x) for x in v)))
+        else:
+            out.append((key, v))
+    return out

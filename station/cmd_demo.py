@@ -9,13 +9,12 @@ the synthetic line as a live station instead (trigger mode on the default endpoi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from camera.replay import ManifestSource
 from camera.synth import LineSpec, write_line
@@ -23,6 +22,7 @@ from pipeline.base.frames import Frame
 from pipeline.vlm.settings import effective_vlm_settings
 from station.cmd_replay import run_replay
 from station.demo.line import build_demo_recipe
+from station.machine_output import machine_stdout, print_json_line
 from station.recipe_tools import inspector_for, vlm_flags
 from station.replay_runner import PartOutcome
 
@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="decision policy: any, all (alias both) or a judge's name (metric, vlm)")
     p.add_argument("--vlm", metavar="MODEL_DIR", help="add the VLM judge from this model folder")
     p.add_argument("--vlm-backend", default=None, help="transformers (default) or unsloth")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
+    p.add_argument("--json", action="store_true",
+                   help="machine output: stdout is only the summary as one JSON line (the feed "
+                        "and the human summary go to stderr)")
     p.add_argument("--quiet", action="store_true", help="no per-part feed")
     p.add_argument("--serve", action="store_true", help="run the synthetic line as a live station")
     p.add_argument("--state", metavar="DIR", help="--serve: journal/state folder")
@@ -88,7 +90,13 @@ def _feed_line(o: PartOutcome, color: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; exit 0 when the line ran (and, with --serve, when the station stopped)."""
+    """Run the demo; exit 0 when the line ran (and, with --serve, when the station stopped).
+    ``--json`` (without ``--serve``): stdout carries only the summary line."""
+    with machine_stdout(args.json and not args.serve) as out:
+        return _run(args, out)
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
     spec = LineSpec(size=_size(args.size))
     with tempfile.TemporaryDirectory(prefix="station-demo-") as tmp:
         workdir = Path(args.keep) if args.keep else Path(tmp)
@@ -105,30 +113,32 @@ def run(args: argparse.Namespace) -> int:
         n_defect = round(args.parts * args.defect_share)
         manifest = write_line(workdir / "line", args.parts - n_defect, n_defect, seed=args.seed,
                               spec=spec, n_train=0)
-        color = sys.stdout.isatty()
-        feed = None if args.quiet else (lambda o: print(_feed_line(o, color), flush=True))
+        human = sys.stderr if args.json else out  # stdout carries only JSON with --json
+        color = human.isatty()
+        feed = None if args.quiet else (
+            lambda o: print(_feed_line(o, color), file=human, flush=True))
         source = ManifestSource(manifest)
         try:
             # the line's manifest names its perfect rendered golden per row; the demo judges
             # against the recipe built from good parts instead, as a station on a real line does
             summary = run_replay(_without_row_golden(source), inspector, out=None,
                                  report_dir=str(workdir / "report") if args.keep else None,
-                                 title="Synthetic line demo", extra=feed)
+                                 title="Synthetic line demo", extra=feed, desc="demo")
         finally:
             source.close()
     summary["recipe_build_s"] = round(t_recipe, 2)
     summary["wall_s"] = round(time.perf_counter() - t0, 2)
-    _print_summary(summary)
+    _print_summary(summary, human)
     if args.json:
         keys = ("parts", "misses", "false_rejects", "false_reject_rate", "address_accuracy",
                 "errors", "latency_ms", "judges", "recipe_build_s", "wall_s")
-        print(json.dumps({k: summary[k] for k in keys if k in summary}))
+        print_json_line({k: summary[k] for k in keys if k in summary}, out)
     return 0
 
 
-def _print_summary(s: dict[str, Any]) -> None:
+def _print_summary(s: dict[str, Any], out: TextIO) -> None:
     total = s["latency_ms"].get("total", {})
     print(f"\n{s['parts']} parts: {s['misses']} misses, {s['false_rejects']} false rejects "
           f"(rate {s['false_reject_rate']}), address accuracy {s['address_accuracy']}, "
           f"{s['errors']} errors; latency p50 {total.get('p50')} ms, p99 {total.get('p99')} ms; "
-          f"recipe built in {s['recipe_build_s']} s, demo {s['wall_s']} s")
+          f"recipe built in {s['recipe_build_s']} s, demo {s['wall_s']} s", file=out)

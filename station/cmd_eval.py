@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import sys
 from pathlib import Path
+from typing import TextIO
 
 from camera.deeppcb import DeepPcbSource
 from camera.replay import open_replay_source
@@ -15,6 +14,7 @@ from pipeline.inspector import Inspector
 from pipeline.recipe import build_recipe, read_image
 from station.cmd_replay import add_inspector_args, print_human_summary, run_replay
 from station.golden_switch import GoldenSwitch
+from station.machine_output import machine_stdout, print_json_line
 from station.recipe_tools import DEFAULTS_DIR, inspector_from_args, load_settings_file
 
 
@@ -53,7 +53,12 @@ def deeppcb_inspector(data: Path, settings_path: str | None) -> GoldenSwitch:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate and print the summary as one JSON line."""
+    """Evaluate and print the summary as one JSON line (alone on stdout)."""
+    with machine_stdout() as stdout:
+        return _run(args, stdout)
+
+
+def _run(args: argparse.Namespace, stdout: TextIO) -> int:
     data = Path(args.data)
     layout = args.layout or ("deeppcb" if (data / "index.csv").is_file() else "manifest")
     if layout == "deeppcb":
@@ -71,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
         summary = run_replay(source, inspector, out=out, report_dir=args.report,
                              title=f"Evaluation of {data} ({layout})", limit=args.limit,
                              total=total, desc="eval")
-    print_human_summary(summary, args.report)
-    print(json.dumps(summary), file=sys.stdout, flush=True)
+        print_human_summary(summary, args.report)
+        print_json_line(summary, stdout)
     return 0

@@ -9,11 +9,10 @@ reported and left out; above ``--max-outlier-share`` of them the build stops).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from camera.replay import open_replay_source
 from pipeline.base.errors import ConfigError, StationError
@@ -26,6 +25,7 @@ from station.golden_check import (
     check_grid_inside,
     frame_agreement,
 )
+from station.machine_output import machine_stdout, print_json_line
 from station.progress import progress_bar
 from station.recipe_tools import load_settings_file
 
@@ -70,7 +70,9 @@ def load_grid(path: str) -> tuple[dict[str, Any], Any, tuple[str, ...]]:
     try:
         AddressGrid.from_config(data)
     except (ValueError, TypeError, KeyError) as exc:
-        key = next((k for k in GRID_KEYS if k in str(exc) and k in data), None)
+        # point at the key the message names (a missing key: at the grid itself)
+        key = None if "missing" in str(exc) else next(
+            (k for k in GRID_KEYS if k in str(exc) and k in data), None)
         raise ConfigError(f"malformed grid: {exc}",
                           doc.where((*prefix, key) if key else prefix)) from None
     return data, doc, prefix
@@ -105,6 +107,11 @@ def _read_good_frames(path: str, limit: int) -> tuple[list, list[str], int]:
 
 def run_build(args: argparse.Namespace) -> int:
     """Check, build and save the recipe; print its summary as one JSON line on stdout."""
+    with machine_stdout() as out:
+        return _build(args, out)
+
+
+def _build(args: argparse.Namespace, out_stream: TextIO) -> int:
     out = Path(args.out)
     _refuse_existing(out, args.force)
     grid, grid_doc, grid_prefix = load_grid(args.grid) if args.grid else (None, None, ())
@@ -161,5 +168,5 @@ def run_build(args: argparse.Namespace) -> int:
                "cells": len(recipe.grid.cells), **recipe.settings.built}
     if agreement is not None:
         summary["agreement"] = agreement.to_json(names)
-    print(json.dumps(summary))
+    print_json_line(summary, out_stream)
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.base.errors import ConfigError
+from station.machine_output import machine_stdout, print_json_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -159,10 +160,11 @@ def require_torch(command: str) -> None:
 def run_check(args: argparse.Namespace) -> int:
     """``station model check DIR``: 0 when the model serves, 78 (ConfigError) when it cannot."""
     require_torch("station model check")
-    report = check(args)
-    if args.json:
-        print(json.dumps(report, default=str))
-    else:
+    with machine_stdout(args.json) as out:  # --json: the report alone on stdout
+        report = check(args)
+        if args.json:
+            print_json_line(report, out)
+    if not args.json:
         q = report["quantisation"]
         s = report["smoke"]
         mb = report["memory_bytes"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ from typing import Any
 from camera.replay import open_replay_source
 from pipeline.base.frames import Frame
 from pipeline.inspector import Inspector
+from station.machine_output import machine_stdout, print_json_line
 from station.progress import progress_bar
 from station.recipe_tools import inspector_from_args
 from station.replay_runner import PartOutcome, replay, write_json_line
@@ -103,16 +103,17 @@ def _publisher(stack: contextlib.ExitStack, endpoint: str, state: Path, station_
 
 def run(args: argparse.Namespace) -> int:
     """Replay a source; exit 0 when it ran (the verdicts are data, not errors)."""
-    inspector, cfg = inspector_from_args(args)
-    source = open_replay_source(args.source)
     with contextlib.ExitStack() as stack:
+        stdout = stack.enter_context(machine_stdout())
+        inspector, cfg = inspector_from_args(args)
+        source = open_replay_source(args.source)
         stack.callback(source.close)
         publisher = None
         if args.publish:
             state = args.state or stack.enter_context(tempfile.TemporaryDirectory())
             publisher = _publisher(stack, args.publish, Path(state),
                                    cfg.station.id if cfg else "replay")
-        out = stack.enter_context(Path(args.out).open("w")) if args.out else sys.stdout
+        out = stack.enter_context(Path(args.out).open("w")) if args.out else stdout
         total = len(source) if hasattr(source, "__len__") else None
         summary = run_replay(
             source, inspector, out=out, report_dir=args.report,
@@ -121,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
                                                       frame=o.to_json()["frame"]))
             if publisher else None,
         )
-    print_human_summary(summary, args.report)
-    print(json.dumps({"summary": summary}), flush=True)
+        print_human_summary(summary, args.report)
+        print_json_line({"summary": summary}, stdout)
     return 0
 
 

@@ -19,6 +19,7 @@ from camera.synth import LineSpec, make_part, sample_defects
 from pipeline.base.frames import Frame
 from pipeline.inspector import Inspector
 from station.demo.line import build_demo_recipe
+from station.progress import progress_bar
 
 STAGES = ("align", "nsoartc", "cells", "overlay", "total")
 
@@ -37,14 +38,17 @@ def bench_pipeline(size: tuple[int, int], repeats: int, threads: int = 1) -> dic
         defects = sample_defects(spec, rng, 1) if i % 3 == 0 else []
         frames.append(Frame(make_part(spec, rng, defects).image, seq=i, source_id="bench"))
     times: dict[str, list[float]] = {s: [] for s in STAGES}
+    bar = progress_bar(len(frames), "bench", unit="frame")
     for i, frame in enumerate(frames):
         r = inspector.inspect(frame)
+        bar.update()
         if r.verdict.value == "error":
             raise RuntimeError(f"bench frame {i} not judged: {r.reason}")
         if i < 3:
             continue
         for s in STAGES:
             times[s].append(r.timings_ms[s])
+    bar.close()
     out = {f"{s}_ms": round(median(v), 3) for s, v in times.items()}
     out["metric_path_ms"] = round(out["nsoartc_ms"] + out["cells_ms"] + out["overlay_ms"], 3)
     out["frame"] = list(size)

@@ -16,6 +16,7 @@ import numpy as np
 from camera.replay import ManifestSource
 from camera.synth import LineSpec, grid_config, make_part, sample_defects, write_line
 from pipeline.recipe import Recipe, build_recipe
+from station.progress import progress_bar
 from station.recipe_tools import DEFAULTS_DIR, load_settings_file
 
 __all__ = ["build_demo_recipe", "write_part_frames"]
@@ -30,17 +31,24 @@ def build_demo_recipe(workdir: str | Path, spec: LineSpec | None = None, seed: i
     """
     workdir = Path(workdir)
     spec = spec or LineSpec()
-    train_csv = write_line(workdir / "train-line", 0, 0, seed=seed + 1000, spec=spec,
-                           n_train=n_train).parent / "train.csv"
-    src = ManifestSource(train_csv)
-    try:
-        frames = [f.image for f in src if f.ok]
-    finally:
-        src.close()
-    settings = load_settings_file(DEFAULTS_DIR / "synthetic.yaml", grid_config(spec))
-    recipe = build_recipe(frames, settings.grid, name="synthetic-pins", settings=settings,
-                          source="station demo")
-    recipe.save(workdir / "recipe")
+    with progress_bar(3, "recipe", unit="step") as bar:
+        bar.set_postfix_str("rendering good parts")
+        train_csv = write_line(workdir / "train-line", 0, 0, seed=seed + 1000, spec=spec,
+                               n_train=n_train).parent / "train.csv"
+        bar.update()
+        bar.set_postfix_str("reading them back")
+        src = ManifestSource(train_csv)
+        try:
+            frames = [f.image for f in src if f.ok]
+        finally:
+            src.close()
+        bar.update()
+        bar.set_postfix_str("golden, unit space, thresholds")
+        settings = load_settings_file(DEFAULTS_DIR / "synthetic.yaml", grid_config(spec))
+        recipe = build_recipe(frames, settings.grid, name="synthetic-pins", settings=settings,
+                              source="station demo")
+        recipe.save(workdir / "recipe")
+        bar.update()
     return Recipe.load(workdir / "recipe")
 
 
