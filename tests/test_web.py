@@ -361,3 +361,24 @@ def test_yield_per_shift_and_heat_map_follow_the_events_time_stamps() -> None:
     assert [p["seq"] for p in state.parts(5, "defect")] == [2, 1]
     held, missing = state.after(1)
     assert [p["seq"] for p in held] == [2, 3] and missing is None
+
+
+def test_demo_serve_turns_the_page_on_at_8080_unless_told_otherwise(
+        tmp_path: Path, synthetic_recipe: Recipe) -> None:
+    import argparse
+
+    from camera.synth import LineSpec
+    from pipeline.base.errors import ConfigError
+    from station.demo_serve import demo_config
+
+    def cfg(web_listen: str | None):
+        args = argparse.Namespace(state=str(tmp_path / "state"), config=None, seed=1,
+                                  policy="any", pub=None, trigger=None, catchup=None,
+                                  web_listen=web_listen)
+        return demo_config(args, synthetic_recipe, LineSpec())
+
+    assert cfg(None).web.listen == "127.0.0.1:8080"
+    assert cfg("0.0.0.0:9090").web.listen == "0.0.0.0:9090"
+    assert not cfg("off").web.enabled
+    with pytest.raises(ConfigError, match="--web-listen"):
+        cfg("port-8080")
