@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,7 @@ def bench_web(*, rounds: int = 6, block: int = 25, clients: int = 5, rate_hz: fl
     ``block`` parts for ``rounds`` rounds (each round: one block without, one with)."""
     tmp = tempfile.TemporaryDirectory() if workdir is None else None
     folder = Path(tmp.name if tmp else workdir)  # type: ignore[arg-type]
+    load_before = os.getloadavg()[0]
     lat: dict[str, list[float]] = {"none": [], "browsers": []}
     stages: dict[str, dict[str, list[float]]] = {
         k: {"none": [], "browsers": []} for k in ("queue", "grab", "total")}
@@ -147,6 +149,9 @@ def bench_web(*, rounds: int = 6, block: int = 25, clients: int = 5, rate_hz: fl
         "station_ms": {k: {c: summarize(v) for c, v in by.items()} for k, by in stages.items()},
         "ratio_p50": round(with_b["p50_ms"] / none["p50_ms"], 3),
         "ratio_p99": round(with_b["p99_ms"] / none["p99_ms"], 3),
+        # other work on the machine (1-min load average before and after the run)
+        "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpus": os.cpu_count(),
         **machine_info(),
     }
 
