@@ -17,12 +17,16 @@ def _pngs(folder: Path) -> list[np.ndarray]:
 def test_grab_from_a_folder_and_a_video_then_golden_build(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 255, (120, 160), dtype=np.uint8)
+    base = np.full((120, 160), 40, np.uint8)  # a part: pads on a board
+    for x in range(20, 150, 30):
+        cv2.rectangle(base, (x, 30), (x + 12, 50), 220, -1)
+        cv2.circle(base, (x + 6, 85), 8, 180, -1)
+    base = cv2.GaussianBlur(base, (3, 3), 0)
     video = cv2.VideoWriter(str(tmp_path / "line.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25,
                             (160, 120), isColor=False)
     for i in range(20):  # grab takes the newest frame at 25 fps: room for skipped ones
-        img = np.roll(base, i, axis=1)
+        img = np.roll(base, i % 3, axis=1)  # a little jitter from part to part
+        img[-1, -1] = i  # and each frame told apart
         cv2.imwrite(str(src / f"{i:03d}.png"), img)
         video.write(img)
     video.release()
