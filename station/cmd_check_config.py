@@ -4,7 +4,8 @@ Everything ``station run`` would refuse at start-up is refused here first, namin
 wrong keys and values, duplicate keys, endpoint ports outside 1-65535, folders the station cannot
 write, a recipe whose files do not match ``recipe.sha256`` or whose unit space / thresholds /
 golden are unusable, an enabled VLM without a usable local model folder, a ``security:`` section
-whose key files are missing.  Then the COMPLETE inspector is built as the daemon builds it
+whose key files are missing, a camera that cannot be created (a missing image folder).  Then
+the COMPLETE inspector is built as the daemon builds it
 (:func:`station.build.build_inspector`: recipe, judges, policy, model) and the golden is run
 through it (a dry run): an ``error`` verdict, an exception, or the metric judge calling the golden
 itself a defect is a refusal too.
@@ -15,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import TextIO
 
 from pipeline.base.errors import ConfigError
 from pipeline.base.frames import Frame
 from pipeline.inspector import Inspector
 from pipeline.verdicts import Verdict
-from station.build import build_inspector
+from station.build import build_camera, build_inspector
 from station.config import load_config
+from station.machine_output import machine_stdout
 from station.security import load_curve
 
 
@@ -30,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-config", help="validate a station config and its recipe")
     p.add_argument("config", nargs="?", help="station YAML")
     p.add_argument("-c", "--config", dest="config_opt", help="station YAML (same as positional)")
+    p.add_argument("--json", action="store_true",
+                   help="accepted for symmetry: stdout is always one JSON line, nothing else")
     p.set_defaults(func=run)
 
 
@@ -58,6 +63,13 @@ def dry_run(inspector: Inspector) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """:func:`check` with stdout reserved for its one JSON line (what a model loader or a judge
+    prints goes to stderr)."""
+    with machine_stdout() as out:
+        return check(args, out)
+
+
+def check(args: argparse.Namespace, out: TextIO) -> int:
     """Load both files fully, build the inspector, dry-run the golden; print a one-line
     summary; ConfigError → exit 78."""
     path = args.config_opt or args.config
@@ -65,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give the station YAML to check")
     cfg = load_config(path, check_paths=True)
     curve = load_curve(cfg)
+    build_camera(cfg).close()  # created as the daemon creates it (not started)
     inspector = build_inspector(cfg)
     try:
         judged = dry_run(inspector)
@@ -87,5 +100,5 @@ def run(args: argparse.Namespace) -> int:
         "dry_run": judged,
         "vlm": "vlm" in judged,
         "curve": curve is not None,
-    }))
+    }), file=out, flush=True)
     return 0

@@ -245,3 +245,16 @@ def _state_dict(folder: Path) -> dict:
     import torch
 
     return torch.load(folder / "pytorch_model.bin", weights_only=True)
+
+
+def test_check_config_creates_the_camera_as_the_daemon_does(recipe_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """A files camera on a folder that does not exist: the daemon would refuse it at start-up
+    (78), so check-config refuses it first."""
+    cfg = write_config(tmp_path / "station.yaml", recipe=recipe_dir, state_dir=tmp_path / "st")
+    data = json.loads(cfg.read_text())
+    data["camera"] = {"type": "files", "source": str(tmp_path / "no-such-frames")}
+    cfg.write_text(json.dumps(data, indent=1) + "\n")
+    r = station("check-config", str(cfg), timeout=300)
+    assert r.returncode == 78 and "camera (files)" in r.stderr and "no-such-frames" in r.stderr, (
+        r.stderr)
