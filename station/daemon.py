@@ -182,12 +182,16 @@ class StationDaemon:
         pub = self._pub
         self.publisher = EventPublisher(self.journal, station=self.station_id, boot=self.boot,
                                         send=lambda frames: pub.send_multipart(frames, zmq.NOBLOCK))
-        write_json_atomic(self.state_dir / "endpoints.json", {
-            "station": self.station_id, "boot": self.boot, "pid": os.getpid(), **self.endpoints})
+        try:
+            write_json_atomic(self.state_dir / "endpoints.json", {
+                "station": self.station_id, "boot": self.boot, "pid": os.getpid(),
+                **self.endpoints})
+        except OSError as exc:  # a full disk: the heartbeats announce the endpoints too
+            log.error("cannot write %s: %s", self.state_dir / "endpoints.json", exc)
         log.info("station %s boot %s: pub %s trigger %s catchup %s (last seq %d)",
                  self.station_id, self.boot, pub_ep, trig_ep, cu_ep, self.journal.last_seq)
-        self.publisher.publish_status("starting", None, mode=self.mode, version=__version__,
-                                      pid=os.getpid(), endpoints=self.endpoints)
+        self._publish_status("starting", None, mode=self.mode, version=__version__,
+                             pid=os.getpid(), endpoints=self.endpoints)
         self.notifier.status(f"starting (boot {self.boot})")
         requests = StationRequests(mode=self.mode, triggers=self.triggers, journal=self.journal,
                                    catchup_batch=int(ev.catchup_batch), status=self._status_reply)
@@ -331,8 +335,10 @@ class StationDaemon:
             self.status.disk_full = False
             state = self.status.refresh()
             try:
-                pub.publish_status("ready" if state == "ready" else state,
-                                   "disk space available again", disk=self.status.disk_info())
+                pub.publish_status(state, "disk space available again",
+                                   disk=self.status.disk_info())
+                if state == "ready":
+                    self._ready_announced = True
             except JournalWriteError as exc:
                 log.error("still cannot journal: %s", exc)
                 self.status.disk_full = True
