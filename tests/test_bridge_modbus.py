@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.bridge_peers import DemoStation, Plc, bridge
 
 from station.bench.events import free_ports
 from station.bridges import registers as R
 from station.bridges.link import PartResult
 from station.client import Event, EventSubscriber
-from tests.support.bridge_peers import DemoStation, bridge
 
-pymodbus_client = pytest.importorskip("pymodbus.client", reason="the bridges extra is not "
-                                      "installed (tests/run.sh installs it)")
+pytest.importorskip("pymodbus.client", reason="the bridges extra is not installed "
+                                              "(tests/run.sh installs it)")
 
 
 # ------------------------------------------------------------------------------ register map
@@ -62,46 +62,6 @@ def test_result_registers_are_fail_safe() -> None:
 
 
 # ------------------------------------------------------------------------------ real peers
-class Plc:
-    """The PLC's side of the handshake, over a real Modbus TCP connection."""
-
-    def __init__(self, port: int) -> None:
-        self.c = pymodbus_client.ModbusTcpClient("127.0.0.1", port=port, timeout=2)
-        deadline = time.monotonic() + 20
-        while not self.c.connect():
-            assert time.monotonic() < deadline, "bridge does not listen"
-            time.sleep(0.1)
-
-    def regs(self) -> list[int]:
-        r = self.c.read_holding_registers(0, count=12)
-        assert not r.isError(), r
-        return list(r.registers)
-
-    def wait(self, pred: Any, timeout: float) -> list[int]:
-        deadline = time.monotonic() + timeout
-        while True:
-            regs = self.regs()
-            if pred(regs):
-                return regs
-            assert time.monotonic() < deadline, regs
-            time.sleep(0.02)
-
-    def cycle(self, part_id: str, timeout: float = 15.0) -> list[int]:
-        """One part: id, trigger, result valid, read, ack; returns HR 0–11 at result valid."""
-        assert not self.c.write_registers(R.HR_PART_ID, R.part_id_to_registers(part_id)).isError()
-        assert not self.c.write_coil(R.COIL_TRIGGER, True).isError()
-        regs = self.wait(lambda r: r[R.HR_STATUS] & R.BIT_VALID, timeout)
-        assert not self.c.write_coil(R.COIL_ACK, True).isError()
-        after = self.regs()
-        assert after[R.HR_STATUS] & ~R.BIT_READY == 0 and after[3:12] == [0] * 9  # ack clears
-        self.c.write_coil(R.COIL_TRIGGER, False)
-        self.c.write_coil(R.COIL_ACK, False)
-        return regs
-
-    def close(self) -> None:
-        self.c.close()
-
-
 class Results:
     """The station's own result events, by part id (the ground truth for the PLC's view)."""
 

@@ -1,5 +1,6 @@
-"""Real processes for the bridge tests: ``station demo --serve`` on free loopback ports, a
-``station bridge …`` process, and Debian's mosquitto broker on loopback."""
+"""Real peers for the bridge tests: ``station demo --serve`` on free loopback ports, a
+``station bridge …`` process, Debian's mosquitto broker on loopback, and a Modbus TCP client
+playing the PLC."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from station.bench.events import free_ports
+from station.bridges import registers as R
 from station.client import TriggerClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,3 +141,45 @@ class Mosquitto(Proc):
         super().start()
         wait_listening(self.port, timeout, self)
         return self
+
+
+class Plc:
+    """The PLC's side of the handshake, over a real Modbus TCP connection."""
+
+    def __init__(self, port: int) -> None:
+        from pymodbus.client import ModbusTcpClient
+
+        self.c = ModbusTcpClient("127.0.0.1", port=port, timeout=2)
+        deadline = time.monotonic() + 20
+        while not self.c.connect():
+            assert time.monotonic() < deadline, "bridge does not listen"
+            time.sleep(0.1)
+
+    def regs(self) -> list[int]:
+        r = self.c.read_holding_registers(0, count=12)
+        assert not r.isError(), r
+        return list(r.registers)
+
+    def wait(self, pred: Any, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            regs = self.regs()
+            if pred(regs):
+                return regs
+            assert time.monotonic() < deadline, regs
+            time.sleep(0.02)
+
+    def cycle(self, part_id: str, timeout: float = 15.0) -> list[int]:
+        """One part: id, trigger, result valid, read, ack; returns HR 0–11 at result valid."""
+        assert not self.c.write_registers(R.HR_PART_ID, R.part_id_to_registers(part_id)).isError()
+        assert not self.c.write_coil(R.COIL_TRIGGER, True).isError()
+        regs = self.wait(lambda r: r[R.HR_STATUS] & R.BIT_VALID, timeout)
+        assert not self.c.write_coil(R.COIL_ACK, True).isError()
+        after = self.regs()
+        assert after[R.HR_STATUS] & ~R.BIT_READY == 0 and after[3:12] == [0] * 9  # ack clears
+        self.c.write_coil(R.COIL_TRIGGER, False)
+        self.c.write_coil(R.COIL_ACK, False)
+        return regs
+
+    def close(self) -> None:
+        self.c.close()
