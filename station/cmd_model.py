@@ -1,9 +1,14 @@
-"""``station model``: ``check`` a local VLM folder, or write a ``tiny`` random one for smoke tests.
+"""``station model``: ``check`` or ``bench`` a local VLM folder, or write a ``tiny`` random one.
 
 ``station model check DIR`` loads the folder exactly as the station does (offline, 4 bit, the
 configured backend) and prints its family, size, quantisation (4-bit layers), processor, chat
 template and the result and latency of a one-image smoke inference; a folder that cannot serve is
 a one-line error with exit code 78.
+
+``station model bench DIR`` times each backend available here (transformers, and Unsloth on an
+NVIDIA GPU) on a composed image pair of the pipeline's size, each in its own process, and records
+the fastest that keeps the model in 4 bit in the cache folder: ``backend: auto`` then loads with it
+and says so at start-up.
 
 ``station model tiny DIR [--family mllama|qwen2_vl|qwen2_5_vl|llava]`` writes a randomly initialised
 model of a supported family with a working tokenizer, processor and chat template, built in code
@@ -44,6 +49,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--cache-dir", help="cache folder (Unsloth's compiled modules)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=run_check)
+
+    b = msub.add_parser(
+        "bench", help="time each available backend on this machine; backend: auto takes the fastest"
+    )
+    b.add_argument("dir", help="model folder (or LoRA adapter folder)")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    b.add_argument("--base", dest="base_model_dir", help="base model folder of a LoRA adapter")
+    b.add_argument("--mode", choices=("scored", "generate"), default="scored")
+    b.add_argument("--parts", type=int, default=20, help="timed parts per backend (default 20)")
+    b.add_argument("--image-size", default="657x239",
+                   help="WxH of each composed image of the pair (default 657x239)")
+    b.add_argument("--max-image-side", type=int, default=448)
+    b.add_argument("--defect-modes", default="", help="comma-separated vlm.defect_modes")
+    b.add_argument("--cache-dir", help="cache folder (where the choice is recorded)")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--only", choices=BACKENDS, help=argparse.SUPPRESS)  # one backend, in-process
+    b.set_defaults(func=run_bench)
 
     t = msub.add_parser("tiny", help="write a tiny randomly initialised VLM (offline)")
     t.add_argument("dir", help="output folder (created; must be empty)")
@@ -194,6 +216,158 @@ def run_check(args: argparse.Namespace) -> int:
             )
     if not report["ok"]:
         raise ConfigError(f"model check: the smoke inference failed: {report['smoke']['reason']}")
+    return 0
+
+
+BACKENDS = ("transformers", "unsloth")
+
+
+def _bench_images(size: str) -> list[Any]:
+    """Golden and test images like the pipeline's composed pair: dark, a 9×3 pin grid, labels."""
+    from PIL import Image, ImageDraw
+
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"model bench: --image-size must be WxH, not {size!r}") from None
+    out = []
+    for defect in (False, True):
+        img = Image.new("RGB", (w, h))
+        d = ImageDraw.Draw(img)
+        for i in range(9):
+            for j in range(3):
+                cx, cy = (i + 0.5) * w / 9, (j + 0.5) * h / 3
+                r = min(w / 9, h / 3) * 0.3
+                d.ellipse((cx - r, cy - r, cx + r, cy + r), outline=(60, 60, 60), width=2,
+                          fill=(255, 255, 255) if defect and (i, j) == (2, 1) else None)
+        out.append(img)
+    return out
+
+
+def bench_one(args: argparse.Namespace, backend: str) -> dict[str, Any]:
+    """Load the folder with ``backend`` and time the judge on the bench pair (this process)."""
+    from pipeline.vlm.backends import prepare_environment
+    from pipeline.vlm.judge import VlmJudge
+    from pipeline.vlm.settings import VlmSettings
+
+    prepare_environment(args.cache_dir)
+    if backend == "unsloth":
+        try:
+            import unsloth  # noqa: F401  (before transformers, as Unsloth asks)
+        except Exception as exc:
+            return {"backend": backend, "error": f"not usable: {type(exc).__name__}: {exc}"[:300]}
+    import torch
+
+    modes = [m.strip() for m in args.defect_modes.split(",") if m.strip()]
+    settings = VlmSettings.from_mapping({
+        "enabled": True, "model_dir": args.dir, "base_model_dir": args.base_model_dir,
+        "backend": backend, "device": args.device, "mode": args.mode, "warmup": True,
+        "max_image_side": args.max_image_side, "defect_modes": modes, "timeout_ms": 600_000,
+        "compile_generate": backend == "transformers" and args.mode == "generate",
+    })
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    try:
+        judge = VlmJudge(settings, cache_dir=args.cache_dir)
+    except ConfigError as exc:
+        return {"backend": backend, "error": str(exc)}
+    startup_s = time.perf_counter() - t0
+    images = _bench_images(args.image_size)
+    cols, rows = [str(i) for i in range(1, 10)], ["U", "C", "D"]
+    times = []
+    try:
+        for _ in range(args.parts):
+            t0 = time.perf_counter()
+            r = judge.judge_now(images, columns=cols, rows=rows)
+            times.append((time.perf_counter() - t0) * 1000)
+            if r.verdict.value == "error":
+                return {"backend": backend, "error": r.reason}
+    finally:
+        judge.close()
+    times.sort()
+    eng = judge._engine
+    op = eng.onepass
+    return {
+        "backend": backend,
+        "p50_ms": round(times[len(times) // 2], 2),
+        "p95_ms": round(times[min(len(times) - 1, int(0.95 * len(times)))], 2),
+        "startup_s": round(startup_s, 1),
+        "linear_4bit": judge.loaded.n_4bit,
+        "linear_total": judge.loaded.n_linear,
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "one_pass": None if op is None or op.plan is None else {
+            "graph_scope": op.plan.scope, "capture_s": op.plan.capture_s,
+            "cached_prefix_tokens": op.plan.split},
+    }
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``station model bench DIR``: time each backend in its own process (Unsloth patches
+    transformers on import), record the fastest that keeps the model in 4 bit for ``auto``."""
+    require_torch("station model bench")
+    if args.only:
+        with machine_stdout(True) as out:
+            print_json_line(bench_one(args, args.only), out)
+        return 0
+    import subprocess
+
+    from pipeline.vlm.backends import (
+        _pick_device,
+        inspect_folder,
+        prepare_environment,
+        record_backend_choice,
+    )
+
+    cache = prepare_environment(args.cache_dir)
+    folder = inspect_folder(args.dir, args.base_model_dir)
+    device = _pick_device(args.device)
+    backends = ["transformers"]
+    if device.startswith("cuda") and folder.family in ("mllama", "qwen2_vl", "qwen2_5_vl", "llava"):
+        backends.append("unsloth")
+    results = []
+    for backend in backends:
+        argv = [sys.executable, "-m", "station.cli", "model", "bench", args.dir, "--only",
+                backend, "--device", device, "--mode", args.mode, "--parts", str(args.parts),
+                "--image-size", args.image_size, "--max-image-side", str(args.max_image_side),
+                "--defect-modes", args.defect_modes, "--cache-dir", str(cache)]
+        if args.base_model_dir:
+            argv += ["--base", args.base_model_dir]
+        p = subprocess.run(argv, capture_output=True, text=True)
+        lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
+        if p.returncode != 0 or not lines:
+            tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+            results.append({"backend": backend, "error": f"exit {p.returncode}: {tail}"[:300]})
+        else:
+            results.append(json.loads(lines[-1]))
+    ok = [r for r in results if "p50_ms" in r and r.get("linear_4bit", 0) > 0]
+    report: dict[str, Any] = {"model_dir": str(folder.path), "device": device,
+                              "mode": args.mode, "results": results}
+    if ok:
+        best = min(ok, key=lambda r: r["p50_ms"])
+        summary = ", ".join(f"{r['backend']} {r['p50_ms']} ms p50" for r in ok)
+        report["fastest"] = best["backend"]
+        report["recorded"] = str(record_backend_choice(cache, folder, device, {
+            "fastest": best["backend"], "summary": summary, "mode": args.mode,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}))
+    with machine_stdout(args.json) as out:
+        if args.json:
+            print_json_line(report, out)
+    if not args.json:
+        for r in results:
+            if "error" in r:
+                print(f"{r['backend']:13s} failed: {r['error']}")
+            else:
+                print(f"{r['backend']:13s} p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
+                      f"4-bit layers {r['linear_4bit']}/{r['linear_total']}  "
+                      f"start-up {r['startup_s']} s"
+                      + (f"  peak {r['peak_gib']} GiB" if r.get("peak_gib") else ""))
+        if ok:
+            print(f"fastest: {report['fastest']} (recorded for backend: auto in "
+                  f"{report['recorded']})")
+    if not ok:
+        raise ConfigError("model bench: no backend could run the model in 4 bit here")
     return 0
 
 

@@ -60,3 +60,27 @@ def test_tiny_then_check(tmp_path, capsys, family):
     # writing into a folder that is not empty is refused
     assert main(["model", "tiny", str(out)]) == 78
     assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.vlm
+def test_bench_times_backends_and_records_the_fastest(tmp_path, capfd):
+    """``station model bench`` runs each backend available here in its own process and records
+    the fastest 4-bit one for ``backend: auto`` (on a CPU: transformers alone)."""
+    pytest.importorskip("torch")
+    from pipeline.vlm.backends import inspect_folder, measured_backend
+
+    out, cache = tmp_path / "m", tmp_path / "cache"
+    assert main(["model", "tiny", str(out)]) == 0
+    capfd.readouterr()
+    argv = ["model", "bench", str(out), "--device", "cpu", "--parts", "2", "--max-image-side",
+            "56", "--defect-modes", "bent,missing", "--cache-dir", str(cache), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
+    (res,) = report["results"]
+    assert res["backend"] == "transformers" and res["p50_ms"] > 0 and res["linear_4bit"] > 0
+    assert res["one_pass"]["cached_prefix_tokens"] > 0  # the judge ran its one-pass path
+    assert report["fastest"] == "transformers"
+    rec = measured_backend(cache, inspect_folder(out), "cpu")
+    assert rec is not None and rec["fastest"] == "transformers" and "ms p50" in rec["summary"]
+    assert measured_backend(tmp_path / "elsewhere", inspect_folder(out), "cpu") is None

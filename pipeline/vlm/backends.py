@@ -304,14 +304,64 @@ def _pick_device(setting: str) -> str:
     return setting
 
 
-def _pick_backend(setting: str, device: str, family: str) -> str:
+CHOICE_FILE = "vlm_backend_choice.json"
+
+
+def device_name(device: str) -> str:
+    """The accelerator's name (``NVIDIA H200``) or ``cpu``: what a backend measurement is for."""
+    if device.startswith("cuda"):
+        import torch
+
+        return str(torch.cuda.get_device_name(torch.device(device)))
+    return "cpu"
+
+
+def record_backend_choice(cache_dir: str | Path | None, folder: ModelFolder, device: str,
+                          measured: dict[str, Any]) -> Path:
+    """Store ``station model bench``'s result for ``backend: auto`` (per model folder, device)."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = cache / CHOICE_FILE
+    data = _read_json(path) if path.is_file() else {}
+    data[f"{folder.path}|{device_name(device)}"] = measured
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def measured_backend(cache_dir: str | Path | None, folder: ModelFolder,
+                     device: str) -> dict[str, Any] | None:
+    """The recorded measurement for this folder on this device (None when never measured)."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = cache / CHOICE_FILE
+    if not path.is_file():
+        return None
+    try:
+        entry = _read_json(path).get(f"{folder.path}|{device_name(device)}")
+    except ConfigError:
+        return None
+    return entry if isinstance(entry, dict) and entry.get("fastest") in ("unsloth",
+                                                                         "transformers") else None
+
+
+def _pick_backend(setting: str, device: str, folder: ModelFolder,
+                  cache_dir: str | Path | None = None) -> str:
+    """The backend to load with; ``auto`` takes the fastest 4-bit backend measured on this device
+    by ``station model bench`` and says so; unmeasured, transformers (measured faster or equal on
+    an H200 in every mode: docs/vlm-gpu-bench.md)."""
     if setting != "auto":
         return setting
-    if not device.startswith("cuda") or family in TRANSFORMERS_ONLY:
+    if not device.startswith("cuda") or folder.family in TRANSFORMERS_ONLY:
         return "transformers"
-    import importlib.util
-
-    return "unsloth" if importlib.util.find_spec("unsloth") is not None else "transformers"
+    m = measured_backend(cache_dir, folder, device)
+    if m is not None:
+        log.info("vlm: backend auto -> %s, the fastest measured on %s (%s)", m["fastest"],
+                 device_name(device), m.get("summary", ""))
+        return str(m["fastest"])
+    log.info("vlm: backend auto -> transformers (not measured on this GPU: "
+             "`station model bench %s` times each backend)", folder.path)
+    return "transformers"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -533,7 +583,7 @@ def load_model(settings: VlmSettings, *, cache_dir: str | Path | None = None) ->
     """Load ``settings.model_dir`` with the configured backend; ConfigError on any problem."""
     if not settings.model_dir:
         raise ConfigError("vlm.model_dir: not set (a local model folder is needed)")
-    prepare_environment(cache_dir)
+    cache = prepare_environment(cache_dir)
     folder = inspect_folder(settings.model_dir, settings.base_model_dir,
                             allow_pickle=settings.allow_pickle)
     if folder.family in REMOTE_CODE and not settings.trust_remote_code:
@@ -542,7 +592,7 @@ def load_model(settings: VlmSettings, *, cache_dir: str | Path | None = None) ->
             "set vlm.trust_remote_code: true if you trust that folder"
         )
     device = _pick_device(settings.device)
-    backend = _pick_backend(settings.backend, device, folder.family)
+    backend = _pick_backend(settings.backend, device, folder, cache)
     if backend == "unsloth" and folder.family in TRANSFORMERS_ONLY:
         raise ConfigError(
             f"vlm.backend: unsloth cannot run {FAMILIES[folder.family]}; use backend: transformers"
