@@ -12,80 +12,10 @@ from typing import Any
 import pytest
 import zmq
 import zmq.auth
+from support.bridge_peers import ScriptedStation
 
-from station.bridges.link import Endpoints, LinkSettings, StationLink
+from station.bridges.link import LinkSettings, StationLink
 from station.client import CurveKeys
-from station.events import EventPublisher, catchup_reply
-from station.journal import Journal
-from station.servers import RequestServer
-
-
-class ScriptedStation:
-    """A CURVE station whose verdict comes from the part id: ``defect-…``/``error-…`` after
-    0.05 s, ``late-…`` a pass after 0.6 s, anything else a pass after 0.05 s; ``busy-…`` is
-    refused, ``dup-…`` answered ``duplicate``.  Heartbeats every 0.2 s until :attr:`silent`."""
-
-    def __init__(self, folder: Path, secret: bytes, public: bytes) -> None:
-        self.ctx = zmq.Context()
-        self.pub_sock = self.ctx.socket(zmq.PUB)
-        trigger, catchup = self.ctx.socket(zmq.ROUTER), self.ctx.socket(zmq.ROUTER)
-        eps = []
-        for s in (self.pub_sock, trigger, catchup):
-            s.curve_server = True
-            s.curve_secretkey, s.curve_publickey = secret, public
-            s.setsockopt(zmq.LINGER, 0)
-            s.bind("tcp://127.0.0.1:0")
-            eps.append(s.getsockopt(zmq.LAST_ENDPOINT).decode())
-        self.endpoints = Endpoints(*eps)
-        self.journal = Journal(folder)
-        self.publisher = EventPublisher(self.journal, station="scripted", boot="b1",
-                                        send=self.pub_sock.send_multipart)
-        self.silent = threading.Event()
-        self.due: list[tuple[float, str, str]] = []
-        self.lock = threading.Lock()
-        self._beat_at = 0.0
-        self.server = RequestServer({trigger: self._trigger, catchup: self._catchup},
-                                    tick=self._tick, tick_s=0.05)
-        self.server.start()
-
-    def _trigger(self, req: dict[str, Any]) -> dict[str, Any]:
-        pid = str(req.get("part_id"))
-        kind = pid.split("-", 1)[0]
-        if kind == "busy":
-            return {"ok": False, "error": "busy"}
-        if kind == "dup":
-            return {"ok": False, "error": "duplicate", "seq": 1}
-        verdict = kind if kind in ("pass", "defect", "error") else "pass"
-        delay = 0.6 if kind == "late" else 0.05
-        with self.lock:
-            self.due.append((time.monotonic() + delay, pid, verdict))
-        return {"ok": True, "part_id": pid, "queued": 1}
-
-    def _catchup(self, req: dict[str, Any]) -> bytes:
-        entries, more = self.journal.since(int(req["since"]), int(req.get("limit", 500)))
-        return catchup_reply(entries, seq=self.journal.last_seq, more=more,
-                             oldest=self.journal.oldest_seq)
-
-    def _tick(self) -> None:
-        now = time.monotonic()
-        with self.lock:
-            ready = [d for d in self.due if d[0] <= now]
-            self.due = [d for d in self.due if d[0] > now]
-        for _, pid, verdict in ready:
-            defects = ([{"address": "X:3, Y:C", "column": "3", "row": "C", "score": 9.0,
-                         "mode": None, "judge": "metric"}] if verdict == "defect" else [])
-            self.publisher.publish_result({"part_id": pid, "verdict": verdict,
-                                           "reason": "alignment_failed" if verdict == "error"
-                                           else None, "defects": defects})
-        if not self.silent.is_set() and now >= self._beat_at:
-            self._beat_at = now + 0.2
-            self.publisher.publish_heartbeat({"state": "ready", "interval_s": 0.2})
-
-    def close(self) -> None:
-        self.server.stop()
-        self.pub_sock.close(0)
-        self.journal.close()
-        self.ctx.term()
 
 
 @pytest.fixture()

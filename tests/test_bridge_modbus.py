@@ -4,6 +4,7 @@ verdict and cell codes, ack); plus the register map's encoding on its own."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -11,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.bridge_peers import DemoStation, Plc, bridge
+from support.bridge_peers import DemoStation, Plc, ScriptedStation, bridge
 
 from station.bench.events import free_ports
 from station.bridges import registers as R
-from station.bridges.link import PartResult
+from station.bridges.link import LinkSettings, PartResult, StationLink
 from station.client import Event, EventSubscriber
 
 pytest.importorskip("pymodbus.client", reason="the bridges extra is not installed "
@@ -59,6 +60,82 @@ def test_result_registers_are_fail_safe() -> None:
     assert late[0] == R.BIT_VALID | R.BIT_ERROR
     busy = R.result_registers(PartResult("P4", False, "error", "refused: busy", refused=True))
     assert busy[0] == R.BIT_VALID | R.BIT_ERROR | R.BIT_REFUSED
+
+
+# ------------------------------------------------------------------------------ the map, live
+@pytest.fixture()
+def scripted_plc(tmp_path: Path):
+    """``ModbusBridge`` serving in a thread in front of a scripted station, and a PLC on it."""
+    from station.bridges.modbus import ModbusBridge
+
+    st = ScriptedStation(tmp_path / "journal")
+    link = StationLink(LinkSettings(endpoints=st.endpoints, deadline_s=1.0, id_prefix="MB"))
+    port = free_ports(1)[0]
+    bridge_obj = ModbusBridge(link, "127.0.0.1", port)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        link.start()
+        try:
+            await bridge_obj.serve(stop)
+        finally:
+            link.close()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    plc = Plc(port)
+    try:
+        plc.wait(lambda r: r[R.HR_STATUS] & R.BIT_READY, 10)
+        yield plc, st, bridge_obj
+    finally:
+        plc.close()
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        st.close()
+
+
+def test_register_semantics_live(scripted_plc: tuple[Plc, ScriptedStation, Any]) -> None:
+    """Ack, generated ids, bad ids, supersession, read-only registers, input register mirror."""
+    plc, st, br = scripted_plc
+    regs = plc.cycle("defect-1")  # cycle() also checks that the ack clears the result
+    assert regs[R.HR_STATUS] == R.BIT_READY | R.BIT_VALID | R.BIT_DEFECT
+    assert regs[R.HR_N_DEFECTS] == 1 and regs[R.HR_CELLS] == 32  # X:3, Y:C
+    ir = plc.c.read_input_registers(0, count=12)
+    assert not ir.isError() and ir.registers[R.HR_SEQ] == regs[R.HR_SEQ]  # mirror of 0-11
+    # all-zero part id registers: the bridge makes one (and the scripted station passes it)
+    plc.c.write_registers(R.HR_PART_ID, [0] * R.N_PART_ID)
+    plc.c.write_coil(R.COIL_TRIGGER, True)
+    regs = plc.wait(lambda r: r[R.HR_STATUS] & R.BIT_VALID, 5)
+    assert regs[R.HR_STATUS] & R.BIT_PASS
+    plc.c.write_coil(R.COIL_ACK, True)
+    plc.c.write_coil(R.COIL_TRIGGER, False)
+    plc.c.write_coil(R.COIL_ACK, False)
+    # non-printable bytes in the part id: refused at once, nothing sent to the station
+    before = st.journal.last_seq
+    plc.c.write_registers(R.HR_PART_ID, [0x5007] + [0] * (R.N_PART_ID - 1))  # "P\x07"
+    plc.c.write_coil(R.COIL_TRIGGER, True)
+    regs = plc.wait(lambda r: r[R.HR_STATUS] & R.BIT_VALID, 5)
+    assert regs[R.HR_STATUS] & (R.BIT_ERROR | R.BIT_REFUSED) == R.BIT_ERROR | R.BIT_REFUSED
+    plc.c.write_coil(R.COIL_TRIGGER, False)
+    # a trigger while a part is pending supersedes it: only the newer part's result shows
+    plc.c.write_registers(R.HR_PART_ID, R.part_id_to_registers("late-1"))
+    plc.c.write_coil(R.COIL_TRIGGER, True)
+    plc.c.write_coil(R.COIL_TRIGGER, False)
+    time.sleep(0.1)
+    assert not plc.regs()[R.HR_STATUS] & R.BIT_VALID  # pending
+    plc.c.write_registers(R.HR_PART_ID, R.part_id_to_registers("defect-2"))
+    plc.c.write_coil(R.COIL_TRIGGER, True)
+    regs = plc.wait(lambda r: r[R.HR_STATUS] & R.BIT_VALID, 5)
+    assert regs[R.HR_STATUS] & R.BIT_DEFECT
+    time.sleep(1.2)  # late-1's outcome (rejected: after the deadline) comes and is not shown
+    assert plc.regs()[1:] == regs[1:]  # (register 0, the heartbeat, counts on)
+    assert st.journal.last_seq == before + 2  # late-1 and defect-2 were triggered
+    # only the part id registers are writable; coils past 1 do not exist
+    assert plc.c.write_register(R.HR_SEQ, 7).isError()
+    assert plc.c.write_registers(R.HR_PART_ID + 15, [1, 2]).isError()  # runs past 115
+    assert plc.c.write_coil(2, True).isError()
+    assert br.results >= 4
 
 
 # ------------------------------------------------------------------------------ real peers
