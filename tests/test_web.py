@@ -42,6 +42,7 @@ HOSTILE = [  # (path, statuses it may get): never a 500, never a traceback, neve
     ("/api/parts/../../etc/passwd", {404}), ("/api/parts/P%00x/overlay.png", {400}),
     ("/api/parts/" + "x" * 129 + "/overlay.png", {400}),
     ("/api/parts/nope/overlay.png", {404}), ("/api/parts/P1/secrets.png", {404}),
+    ("/api/parts/P1/overlay.gif", {404}), ("/api/parts/P1/overlay.png.jpg", {404}),
     ("/static/..%2Fserver.py", {404}), ("/static/../live.py", {404}),
 ]
 
@@ -276,6 +277,11 @@ def test_unrecorded_images_come_from_the_in_memory_ring_and_bad_input_is_refused
         assert status == 200
         back = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
         assert np.array_equal(back, overlay)  # lossless
+        status, jpg = get(base + "/api/parts/P3/overlay.jpg")  # what the page loads
+        assert status == 200 and jpg[:2] == b"\xff\xd8"
+        back = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert back.shape == overlay.shape
+        assert np.abs(back.astype(int) - overlay).mean() < 3  # quality 85
         assert get(base + "/api/parts/P1/overlay.png")[0] == 404
         assert get(base + "/api/parts/P3/frame.png")[0] == 404
         check_hostile(base)

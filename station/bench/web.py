@@ -49,9 +49,10 @@ _BROWSERS = textwrap.dedent("""
             if line.startswith("event: "):
                 kind = line[7:]
             elif line.startswith("data: ") and kind == "part":
-                pid = urllib.parse.quote(json.loads(line[6:])["part_id"], safe="")
+                part = json.loads(line[6:])
+                pid = urllib.parse.quote(part["part_id"], safe="")
                 for k in ("overlay", "frame"):
-                    img.request("GET", f"/api/parts/{pid}/{k}.png")
+                    img.request("GET", f"/api/parts/{pid}/{k}.{part.get('image', 'png')}")
                     img.getresponse().read()
     for _ in range(n):
         threading.Thread(target=browser, daemon=True).start()

@@ -17,7 +17,10 @@
     if (text !== undefined && text !== null) e.textContent = String(text);
     return e;
   }
-  function img(pid, kind) { return "api/parts/" + encodeURIComponent(pid) + "/" + kind + ".png"; }
+  // the recorder's PNG when the part was recorded, else a JPEG of the station's memory
+  function img(p, kind) {
+    return "api/parts/" + encodeURIComponent(p.part_id) + "/" + kind + "." + (p.image || "png");
+  }
   function localTime(ts) {
     const d = new Date(ts);
     return isNaN(d) ? "" : d.toLocaleTimeString([], {hour12: false});
@@ -55,8 +58,8 @@
     $("latest-seq").textContent = p.seq;
     $("latest-latency").textContent = fmtMs(p.latency_ms);
     $("latest-reason").textContent = p.reason || "";
-    setImage($("latest-overlay"), img(p.part_id, "overlay"));
-    setImage($("latest-frame"), img(p.part_id, "frame"));
+    setImage($("latest-overlay"), img(p, "overlay"));
+    setImage($("latest-frame"), img(p, "frame"));
     const tb = $("latest-judges"); tb.replaceChildren();
     for (const [name, j] of Object.entries(p.judges || {})) {
       const tr = el("tr");
@@ -94,7 +97,7 @@
     const fig = el("figure");
     fig.dataset.seq = p.seq;
     const im = el("img"); im.alt = "overlay of " + p.part_id; im.loading = "lazy";
-    setImage(im, img(p.part_id, "overlay"));
+    setImage(im, img(p, "overlay"));
     fig.append(im, el("figcaption", null, p.part_id + " — " +
       (p.defects || []).map((x) => x.address).join("; ")));
     const g = $("gallery");
