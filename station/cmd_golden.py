@@ -3,7 +3,8 @@
 The build refuses what would make a bad recipe: an existing recipe folder (without ``--force``),
 a malformed grid file or a grid / ROI outside the image (ConfigError naming file:line, exit 78),
 and good frames that disagree with each other (:mod:`station.golden_check`: outliers are
-reported and left out; above ``--max-outlier-share`` of them the build stops).
+reported and left out; above ``--max-outlier-share`` of them, and more than one, the build
+stops).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a good frame whose worst cell scores more than this times the cell's "
                         f"median over the good frames is an outlier (default {OUTLIER_RATIO:g})")
     b.add_argument("--max-outlier-share", type=float, default=MAX_OUTLIER_SHARE,
-                   help="stop when more than this share of the good frames are outliers "
-                        f"(default {MAX_OUTLIER_SHARE:g})")
+                   help="stop when more than this share of the good frames (and more than "
+                        f"one) are outliers (default {MAX_OUTLIER_SHARE:g})")
     b.add_argument("--json", action="store_true",
                    help="accepted for symmetry: the summary is always one JSON line on stdout")
     b.set_defaults(func=run_build)
@@ -138,7 +139,7 @@ def _build(args: argparse.Namespace, out_stream: TextIO) -> int:
             agreement = frame_agreement(frames, recipe.golden, settings,
                                         ratio_limit=args.outlier_ratio, step=bar.update)
         bad = sorted(set(agreement.outliers) | set(agreement.unaligned))
-        if len(bad) > args.max_outlier_share * len(frames):
+        if len(bad) > max(1.0, args.max_outlier_share * len(frames)):  # one is left out
             listed = ", ".join(f"{Path(names[i]).name} ({agreement.ratios[i]:.1f}x)"
                                if i in agreement.outliers else f"{Path(names[i]).name} "
                                "(does not align)" for i in bad[:10])
@@ -163,9 +164,10 @@ def _build(args: argparse.Namespace, out_stream: TextIO) -> int:
         else:
             out.unlink()
     recipe.save(out)
+    built = dict(recipe.settings.built)
     summary = {"recipe": str(out.resolve()), "hash": recipe.short_hash,
-               "good_frames": len(frames), "skipped": skipped,
-               "cells": len(recipe.grid.cells), **recipe.settings.built}
+               "good_frames": len(frames), "used_frames": built.pop("good_frames", len(frames)),
+               "skipped": skipped, "cells": len(recipe.grid.cells), **built}
     if agreement is not None:
         summary["agreement"] = agreement.to_json(names)
     print_json_line(summary, out_stream)
