@@ -12,6 +12,7 @@ from camera.replay import open_replay_source
 from pipeline.base.errors import ConfigError
 from pipeline.inspector import Inspector
 from pipeline.recipe import build_recipe, read_image
+from pipeline.vlm.evaluation import VlmEvaluation
 from station.cmd_replay import add_inspector_args, print_human_summary, run_replay
 from station.golden_switch import GoldenSwitch
 from station.machine_output import machine_stdout, print_json_line
@@ -52,6 +53,15 @@ def deeppcb_inspector(data: Path, settings_path: str | None) -> GoldenSwitch:
     return GoldenSwitch(Inspector(recipe), cache_size=2)
 
 
+def _vlm_evaluation(inspector: object) -> VlmEvaluation | None:
+    """A collector of the VLM judge's figures when the inspector has a ``vlm`` judge."""
+    vlm = next((j for j in getattr(inspector, "judges", []) if getattr(j, "name", "") == "vlm"),
+               None)
+    if vlm is None:
+        return None
+    return VlmEvaluation(threshold=getattr(getattr(vlm, "settings", None), "threshold", None))
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the summary as one JSON line (alone on stdout)."""
     with machine_stdout() as stdout:
@@ -69,13 +79,19 @@ def _run(args: argparse.Namespace, stdout: TextIO) -> int:
     else:
         inspector, _ = inspector_from_args(args)
         source = open_replay_source(data)
+    vlm_eval = _vlm_evaluation(inspector)
     with contextlib.ExitStack() as stack:
         stack.callback(source.close)
         out = stack.enter_context(Path(args.out).open("w")) if args.out else None
         total = len(source) if hasattr(source, "__len__") else None
         summary = run_replay(source, inspector, out=out, report_dir=args.report,
                              title=f"Evaluation of {data} ({layout})", limit=args.limit,
-                             total=total, desc="eval")
+                             total=total, desc="eval",
+                             extra=vlm_eval and (lambda o: vlm_eval.add(
+                                 truth=o.truth_label, truth_addresses=o.truth_addresses,
+                                 judges=o.result.judges)))
+        if vlm_eval is not None:  # the VLM judge's own figures (pipeline/vlm/evaluation.py)
+            summary["vlm_judge"] = vlm_eval.report()
         print_human_summary(summary, args.report)
         print_json_line(summary, stdout)
     return 0

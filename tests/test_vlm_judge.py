@@ -612,3 +612,54 @@ def test_instruction_text_single_with_hint():
     s = VlmSettings(images="single")
     t = instruction_text(s, image_type="DST", columns=COLS, rows=ROWS)
     assert t.startswith(s.prompts.single) and "- your judgement->passed or defective" in t
+
+
+def test_vlm_evaluation_figures():
+    """The VLM judge's own figures from labelled parts (real JudgeResults, no model)."""
+    from pipeline.verdicts import JudgeResult
+    from pipeline.vlm.evaluation import VlmEvaluation
+
+    ev = VlmEvaluation(threshold=0.5)
+
+    def part(truth, vlm, p, address=None, metric="pass", cells=()):
+        v = JudgeResult(judge="vlm", verdict=Verdict(vlm),
+                        details={"p_defect": p, "address": address})
+        m = JudgeResult(judge="metric", verdict=Verdict(metric))
+        ev.add(truth=truth, truth_addresses=list(cells), judges={"vlm": v, "metric": m})
+
+    part("pass", "pass", 0.1)
+    part("pass", "defect", 0.6, "X:1, Y:U")
+    part("pass", "uncertain", None)
+    part("defect", "defect", 0.9, "X:3, Y:C", metric="defect", cells=["X:3, Y:C"])
+    part("defect", "defect", 0.7, "X:4, Y:C", metric="defect", cells=["X:3, Y:C"])
+    part(None, "defect", 0.9)  # unlabelled: not counted
+    r = ev.report()
+    assert r["parts"] == 5
+    assert r["confusion"] == {"tp": 2, "fn": 0, "fp": 2, "tn": 1}  # uncertain is a rejection
+    assert r["unjudged"]["uncertain"] == 1
+    assert r["agreement_with_metric"] == {"parts": 4, "agree": 3, "rate": 0.75}
+    assert r["address_accuracy"] == {"parts": 2, "correct": 1, "rate": 0.5}
+    assert r["p_defect"]["pass"]["p50"] == pytest.approx(0.35)
+    t = r["threshold"]
+    assert 0.6 < t["best"] <= 0.7 and t["balanced_accuracy"] == 1.0
+    assert t["balanced_accuracy_at_current"] == 0.75
+
+
+@pytest.mark.slow
+@pytest.mark.vlm
+def test_eval_reports_the_vlm_judge(tiny_dirs, synthetic_line, synthetic_recipe, tmp_path):
+    """``station eval … --vlm DIR`` adds the VLM judge's own figures to the summary."""
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-m", "station.cli", "eval", str(synthetic_line), "--layout", "manifest",
+         "--recipe", str(synthetic_recipe.folder), "--vlm", str(tiny_dirs["qwen2_vl"]),
+         "--limit", "6"],
+        capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    v = json.loads(p.stdout.strip().splitlines()[-1])["vlm_judge"]
+    assert v["parts"] == 6 and sum(v["confusion"].values()) == 6
+    assert v["unjudged"]["error"] == 0  # the tiny model judged every part
+    assert 0 < v["agreement_with_metric"]["parts"] <= 6
+    assert v["p_defect"]["pass"] is not None and v["threshold"] is not None
