@@ -24,10 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
-
 from pipeline.base.frames import Frame
+from pipeline.base.imageio import FrameReadError, read_image
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +144,10 @@ class RecordingSource:
             if meta.get("verdict") == "error" and meta.get("reason"):
                 why += f" (recorded error: {meta['reason']})"
             return bad(path, why)
-        try:
-            data = np.fromfile(path, dtype=np.uint8)
-            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        except (OSError, cv2.error) as e:
-            return bad(path, f"unreadable: {e}")
-        if img is None or img.size == 0:
-            return bad(path, f"cannot decode {path.stat().st_size} bytes as PNG")
+        try:  # the one strict decoder (pipeline.base.imageio), as for live frames
+            img = read_image(path)
+        except FrameReadError as e:
+            return bad(path, e.why)
         shape = (doc.get("shapes") or {}).get(self.frame_key)
         if shape and img.ndim == 2 and len(shape) == 3 and shape[2] == 1:
             img = img[:, :, None]  # a (H, W, 1) frame comes back with its channel axis
