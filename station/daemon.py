@@ -192,6 +192,10 @@ class StationDaemon:
                  self.station_id, self.boot, pub_ep, trig_ep, cu_ep, self.journal.last_seq)
         self._publish_status("starting", None, mode=self.mode, version=__version__,
                              pid=os.getpid(), endpoints=self.endpoints)
+        if not self.journal.reserve_held and self.journal.reserve_bytes:
+            # No room for the reserve (e.g. restarted on a full disk): a full disk from the start.
+            self._enter_disk_full(f"no room for the journal's {self.journal.reserve_bytes} "
+                                  f"byte reserve")
         self.notifier.status(f"starting (boot {self.boot})")
         requests = StationRequests(mode=self.mode, triggers=self.triggers, journal=self.journal,
                                    catchup_batch=int(ev.catchup_batch), status=self._status_reply)
@@ -239,7 +243,8 @@ class StationDaemon:
 
     def _announce_ready(self) -> None:
         """``ready`` (under the publisher's lock), once: the station runs and frames flow."""
-        if self._ready_announced or not self.status.running or self.status.stopping:
+        if (self._ready_announced or not self.status.running or self.status.stopping
+                or self.status.disk_full):
             return
         if self._publish_status("ready", None, mode=self.mode, camera=self.status.camera_info(),
                                 model=self.status.model_info()):
@@ -272,7 +277,7 @@ class StationDaemon:
                 return
             self.status.degraded = degraded
             self.status.refresh()
-            self._publish_status("degraded" if degraded else "ready", reason,
+            self._publish_status("degraded" if degraded else self.status.state, reason,
                                  model=self.status.model_info())
 
     # ------------------------------------------------------------------------------ journal
@@ -294,13 +299,15 @@ class StationDaemon:
     def _journal_failed(self, exc: JournalWriteError) -> None:
         """The journal could not take an event: refuse triggers (``unavailable``), say
         ``degraded`` / ``disk_full`` from the journal's reserve, check for space every second."""
+        self._enter_disk_full(f"journal write failed: {exc}")
+
+    def _enter_disk_full(self, detail: str) -> None:
         pub = self.publisher
         assert pub is not None and self.journal is not None
         with pub.lock:
             if self.status.disk_full:
                 return
-            log.error("journal write failed (%s): refusing triggers until it can write again",
-                      exc)
+            log.error("%s: refusing triggers until the journal can write again", detail)
             self.status.disk_full = True
             self.triggers.unavailable = "disk_full"
             self.status.refresh()
@@ -309,7 +316,7 @@ class StationDaemon:
                 self.status.disk_free_bytes = self.journal.free_bytes()
             try:
                 pub.publish_status("degraded", "disk_full", disk=self.status.disk_info(),
-                                   detail=str(exc))
+                                   detail=detail)
             except Exception as again:
                 log.error("cannot journal the disk_full state either: %s", again)
         self.notifier.status(self._status_line())

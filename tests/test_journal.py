@@ -174,3 +174,66 @@ def test_kill_9_while_appending_loses_no_acknowledged_event(tmp_path: Path) -> N
         seqs = [e.seq for e in j.entries()]
         assert j.last_seq >= acked
         assert seqs == list(range(1, j.last_seq + 1))
+
+
+_FAILING_APPEND = textwrap.dedent("""
+    import json, os, resource, signal, sys
+    from station.journal import Journal, JournalWriteError
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: EFBIG, not a signal
+    j = Journal(sys.argv[1], reserve_bytes=0)
+    j.append(1, "insp.status", json.dumps({"seq": 1, "pad": "a" * 100}))
+    seg = sorted(p for p in os.listdir(sys.argv[1]) if p.startswith("events-"))[-1]
+    seg = os.path.join(sys.argv[1], seg)
+    size = os.path.getsize(seg)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 60, resource.RLIM_INFINITY))
+    out = []
+    try:
+        j.append(2, "insp.result.pass", json.dumps({"seq": 2, "pad": "b" * 300}))
+    except JournalWriteError as exc:
+        out.append(["failed", exc.code, j.last_seq, os.path.getsize(seg)])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    j.append(2, "insp.result.pass", json.dumps({"seq": 2, "pad": "c" * 30}))
+    out.append(["then", j.last_seq, size])
+    print(json.dumps(out))
+""")
+
+
+def test_a_failed_append_leaves_nothing_and_its_seq_stays_free(tmp_path: Path) -> None:
+    """A write the OS cuts short (the file size limit: EFBIG after a partial write, as a full disk
+    gives ENOSPC) is truncated back: no half line glued onto the next event, seq not used."""
+    d = tmp_path / "j"
+    proc = subprocess.run([sys.executable, "-c", _FAILING_APPEND, str(d)], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    failed, then = json.loads(proc.stdout)
+    assert failed[0] == "failed" and failed[2] == 1 and failed[3] == then[2]  # cut back
+    assert then[1] == 2
+    with Journal(d) as j:
+        entries = list(j.entries())
+        assert [(e.seq, json.loads(e.json)["pad"][0]) for e in entries] == [(1, "a"), (2, "c")]
+        assert j.torn_bytes == 0
+    raw = b"".join(p.read_bytes() for p in sorted(d.glob("events-*.log")))
+    assert all(decode_line(line) for line in raw.splitlines(keepends=True))
+
+
+def test_since_caps_a_batch_in_bytes(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j") as j:
+        _fill(j, 50)
+        one = len(_ev(1)) + len("insp.result.pass") + 32
+        got, more = j.since(0, 500, max_bytes=10 * one + 5)  # seq 10 has one more digit
+        assert [e.seq for e in got] == list(range(1, 11)) and more is True
+        got, more = j.since(0, 500, max_bytes=1)  # at least one event, whatever its size
+        assert [e.seq for e in got] == [1] and more is True
+        got, more = j.since(40, 500, max_bytes=10**6)
+        assert [e.seq for e in got] == list(range(41, 51)) and more is False
+
+
+def test_reserve_is_held_released_and_restored(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j", reserve_bytes=256 * 1024) as j:
+        reserve = tmp_path / "j" / "RESERVE"
+        assert j.reserve_held and reserve.stat().st_blocks * 512 >= 256 * 1024
+        assert j.release_reserve() == 256 * 1024 and reserve.stat().st_size == 0
+        assert not j.reserve_held and j.release_reserve() == 0
+        assert j.restore_reserve() and j.reserve_held
+        assert j.free_bytes() > 0

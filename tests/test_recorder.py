@@ -256,8 +256,10 @@ def test_full_disk_is_a_counted_failure(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
         big = rec.record("big", {{"frame": rng.integers(0, 256, (200, 200, 3), np.uint8)}},
                          {{"verdict": "pass"}})
+        failing = rec.health()
         small = rec.record("small", {{"frame": np.zeros((8, 8), np.uint8)}}, {{"verdict": "pass"}})
-        print(json.dumps({{"big": big, "small": small, "stats": rec.stats}}))
+        print(json.dumps({{"big": big, "small": small, "stats": rec.stats, "failing": failing,
+                           "after": rec.health()}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60)
@@ -265,6 +267,8 @@ def test_full_disk_is_a_counted_failure(tmp_path):
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["big"] == "" and res["small"] == "small"
     assert res["stats"]["failures"] == 1 and "File too large" in res["stats"]["last_error"]
+    assert res["failing"]["ok"] is False and "File too large" in res["failing"]["last_error"]
+    assert res["after"]["ok"] is True and res["after"]["last_error"] is None  # writes again
     frames = list(RecordingSource(tmp_path / "rec"))
     assert [f.meta["record_id"] for f in frames] == ["small"] and frames[0].ok
 
@@ -327,3 +331,26 @@ def test_daemon_meta_shape_and_from_config(tmp_path):
     (f,) = list(RecordingSource(tmp_path / "rec"))
     assert f.ok and f.meta["label"] == "defect" and f.meta["part_id"] == "A1"
     assert f.meta["defects"] == ["X:7, Y:U"] and f.meta["seq"] == 101
+
+
+def test_written_before_the_event_then_completed_with_it(tmp_path):
+    """The daemon's order: the record is complete on disk before the event is published
+    (``index=False``), then :meth:`Recorder.complete` puts the published event in its meta and
+    appends its index line; a crash in between leaves a record re-indexed at the next start."""
+    rng = np.random.default_rng(4)
+    rec = Recorder(tmp_path / "rec")
+    rid = rec.record("boot-000001", _images(rng), {"event": {"part_id": "P1", "verdict": "pass"}},
+                     index=False)
+    assert rid == "boot-000001" and (tmp_path / "rec" / rid / "frame.png").is_file()
+    assert not (tmp_path / "rec" / INDEX_NAME).exists()
+    event = {"part_id": "P1", "verdict": "pass", "seq": 41, "ts": "2026-12-01T20:00:00.000Z"}
+    assert rec.complete(rid, {"event": event})
+    meta = json.loads((tmp_path / "rec" / rid / "meta.json").read_text())
+    assert meta["event"] == event and meta["files"]["frame"] == "frame.png"
+    index = [json.loads(x) for x in (tmp_path / "rec" / INDEX_NAME).read_text().splitlines()]
+    assert [(x["id"], x["seq"]) for x in index] == [(rid, 41)]
+    rid2 = rec.record("boot-000002", _images(rng), {"event": {"part_id": "P2"}}, index=False)
+    assert not rec.complete("no-such-record", {"event": {}})  # counted, never raises
+    assert rec.health()["ok"] is False
+    reopened = Recorder(tmp_path / "rec")  # "crash" before complete(): re-indexed
+    assert reopened.record_ids() == [rid, rid2]
