@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from support.stream import FFMPEG
 
+from camera.files import FilesCamera
 from camera.live import LiveCamera
 from camera.replay import ImageFolderSource, VideoFileSource
 from pipeline.base.imageio import FrameReadError, decode_image, read_image
@@ -116,6 +117,13 @@ def test_live_image_sequence_and_replay_say_the_same(tmp_path: Path,
         live = [cam.read_latest(10.0) for _ in range(6)]
     finally:
         cam.close()
+    files_cam = FilesCamera(pattern, fps=30)  # camera type "files": the same decoder
+    files_cam.start()
+    try:
+        played = [files_cam.read_latest(10.0) for _ in range(6)]
+    finally:
+        files_cam.close()
+    assert [f.error for f in played] == [f.error for f in replayed]
     for i, (lf, rf) in enumerate(zip(live, replayed, strict=True)):
         if i % 2 == 0:
             assert lf.image is None and rf.image is None
