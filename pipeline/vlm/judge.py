@@ -1,17 +1,20 @@
 """The VLM judge: scored (default) or generate mode, under a time budget, never raising per part.
 
 **Scored mode.**  The assistant turn is pre-filled up to ``- your judgement->`` (after the image
-type and pin count lines) and one forward pass gives the next-token distribution.  ``p_defect`` is
-the probability mass of the first tokens of ``defective`` (all its tokenisations: with and without
-a leading space, lower, capitalised, upper case) over that of ``defective`` plus ``passed``;
-tokens the two words share are left out.  ``p_defect >= threshold`` is a defect.  For a defect the
-answer is continued under constraint, reusing the KV cache (each step feeds only the new tokens):
-``defective\\n- defect mode->`` and a short greedy mode (at most ``mode_tokens``, or a choice among
-``defect_modes``), then ``\\n- defect position->X:`` and the column label chosen by the next-token
-logits restricted to the grid's column labels, then ``, Y:`` and the row label likewise — so the
-address is always a cell of the grid.  Multi-token labels are chosen token by token over the
-labels' token trie.  Should a model not accept a cache step, the step is recomputed from the full
-sequence (``details["kv_cache"]`` says which).
+type and pin count lines).  ``p_defect`` is the probability mass of the first tokens of
+``defective`` (all its tokenisations: with and without a leading space, lower, capitalised, upper
+case) over that of ``defective`` plus ``passed`` at that position; tokens the two words share are
+left out.  ``p_defect >= threshold`` is a defect, and then the answer goes on under constraint:
+``defective``, the defect mode when the recipe lists ``defect_modes`` (a choice among them), then
+``- defect position->X:`` with one of the grid's column labels and ``, Y:`` with one of its row
+labels, each chosen greedily by the logits restricted to the labels — so the address is always a
+cell.  With ``one_pass`` (the default) all of it comes from **one forward pass**: the prompt's
+constant prefix (instruction, golden image) is KV-cached once per recipe, and every possible
+continuation follows the prompt as a token tree in the same pass
+(:mod:`pipeline.vlm.onepass`, :mod:`pipeline.vlm.answer_tree`), captured in a CUDA graph on a
+GPU.  ``one_pass: false`` takes the same choices step by step on a growing KV cache (each step
+feeds only the new tokens; should a model not accept a cache step, it is recomputed from the full
+sequence): the reference the one-pass scores are tested against.
 
 **Generate mode.**  Greedy decoding of at most ``max_new_tokens``, read by
 :func:`pipeline.vlm.parser.parse_answer`; an answer it cannot read is ``uncertain`` with the raw
@@ -105,32 +108,6 @@ class _Session:
         self.forwards += 1
         self.logits = out.logits[0, -1].float()
         return self.logits
-
-    def choose(self, candidates: list[list[int]]) -> tuple[int, float]:
-        """Constrained greedy choice among token sequences (a trie walk); (index, probability).
-
-        The probability is the product, over the steps where there was a choice, of the chosen
-        token's share of the softmax restricted to the allowed tokens.
-        """
-        torch = self.e.torch
-        alive = list(range(len(candidates)))
-        pos, prob = 0, 1.0
-        while True:
-            allowed = sorted({candidates[i][pos] for i in alive if pos < len(candidates[i])})
-            if len(allowed) == 1:
-                tok = allowed[0]
-            else:
-                logits = self.next_logits()
-                sub = logits[torch.tensor(allowed, device=logits.device)]
-                p = torch.softmax(sub, dim=0)
-                k = int(torch.argmax(p))
-                tok, prob = allowed[k], prob * float(p[k])
-            self.push([tok])
-            alive = [i for i in alive if pos < len(candidates[i]) and candidates[i][pos] == tok]
-            pos += 1
-            done = [i for i in alive if len(candidates[i]) == pos]
-            if done:
-                return done[0], prob
 
 
 class _Engine:
