@@ -106,3 +106,42 @@ def test_model_check_json_is_one_line(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     (report,) = json_lines(p.stdout)
     assert report["ok"] is True and report["quantisation"]["is_4bit"] is True
+
+
+def _run_with_tty_stderr(args: list[str]) -> tuple[int, str, bytes]:
+    """Run ``station ARGS`` with stderr on a 120-column pseudo-terminal; (rc, stdout, stderr)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "station.cli", *args], stdout=subprocess.PIPE,
+                         stderr=slave)
+    os.close(slave)
+    err = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        err += chunk
+    out = p.stdout.read().decode() if p.stdout else ""
+    os.close(master)
+    return p.wait(), out, err
+
+
+def test_progress_bar_on_a_terminal_only(line: dict[str, Path]) -> None:
+    args = ["replay", str(line["folder"]), "--recipe", str(line["recipe"])]
+    rc, out, err = _run_with_tty_stderr(args)
+    assert rc == 0, err[-2000:]
+    assert b"replay:" in err and b"9/9" in err  # tqdm's bar on stderr
+    assert len(json_lines(out)) == 10  # stdout untouched
+    p = station(*args)  # stderr a pipe: no bar
+    assert p.returncode == 0 and "replay:" not in p.stderr and "9/9" not in p.stderr
