@@ -33,31 +33,42 @@ from station.client import EventSubscriber, TriggerClient
 from station.demo.line import build_demo_recipe, write_part_frames
 
 _BROWSERS = textwrap.dedent("""
-    import http.client, json, sys, threading, urllib.parse
+    import http.client, json, socket, sys, threading, urllib.parse
     host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    def browser():
-        c = http.client.HTTPConnection(host, port)
-        c.request("GET", "/api/events?backlog=50")
-        r = c.getresponse()
-        img = http.client.HTTPConnection(host, port)
-        kind = None
-        while True:
-            line = r.readline()
-            if not line:
-                return
-            line = line.decode().rstrip("\\n")
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("data: ") and kind == "part":
-                part = json.loads(line[6:])
-                pid = urllib.parse.quote(part["part_id"], safe="")
-                for k in ("overlay", "frame"):
-                    img.request("GET", f"/api/parts/{pid}/{k}.{part.get('image', 'png')}")
-                    img.getresponse().read()
-    for _ in range(n):
-        threading.Thread(target=browser, daemon=True).start()
-    print("ready", flush=True)
-    sys.stdin.read()
+    conns = []
+    def browser(c):
+        try:
+            c.request("GET", "/api/events?backlog=50")
+            r = c.getresponse()
+            img = http.client.HTTPConnection(host, port)
+            kind = None
+            while True:
+                line = r.readline()
+                if not line:
+                    return
+                line = line.decode().rstrip("\\n")
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind == "part":
+                    part = json.loads(line[6:])
+                    pid = urllib.parse.quote(part["part_id"], safe="")
+                    for k in ("overlay", "frame"):
+                        img.request("GET", f"/api/parts/{pid}/{k}.{part.get('image', 'png')}")
+                        img.getresponse().read()
+        except OSError:
+            return
+    for cmd in sys.stdin:  # "on": n browsers open the page; "off": they all close it
+        if cmd.strip() == "on":
+            for _ in range(n):
+                c = http.client.HTTPConnection(host, port)
+                conns.append(c)
+                threading.Thread(target=browser, args=(c,), daemon=True).start()
+        else:
+            for c in conns:
+                if c.sock is not None:
+                    c.sock.shutdown(socket.SHUT_RDWR)
+            conns.clear()
+        print("done", flush=True)
 """)
 
 
@@ -66,7 +77,7 @@ def _clients_now(base: str) -> int:
         return int(json.loads(r.read())["web"]["clients"])
 
 
-def bench_web(*, rounds: int = 6, block: int = 25, clients: int = 5, rate_hz: float = 10.0,
+def bench_web(*, rounds: int = 30, block: int = 5, clients: int = 5, rate_hz: float = 10.0,
               size: tuple[int, int] = (640, 480), camera_fps: float = 30.0,
               workdir: str | Path | None = None) -> dict[str, Any]:
     """Trigger → result p50/p99 with ``clients`` SSE browsers vs none, alternating blocks of
@@ -100,24 +111,27 @@ def bench_web(*, rounds: int = 6, block: int = 25, clients: int = 5, rate_hz: fl
                     break
                 except OSError:
                     time.sleep(0.1)
+            # the browsers of a line run on other machines: here they share the VM, in one
+            # process at nice 10, opened and closed between blocks
+            browsers = subprocess.Popen(["nice", "-n", "10", sys.executable, "-c", _BROWSERS,
+                                         "127.0.0.1", str(port), str(clients)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert browsers.stdin is not None and browsers.stdout is not None
+
+            def switch(on: bool) -> None:
+                browsers.stdin.write("on\n" if on else "off\n")  # type: ignore[union-attr]
+                browsers.stdin.flush()  # type: ignore[union-attr]
+                browsers.stdout.readline()  # type: ignore[union-attr]
+                want = clients if on else 0
+                t_end = time.monotonic() + 10
+                while _clients_now(base) != want and time.monotonic() < t_end:
+                    sub.poll(0.05)  # keep taking heartbeats (else: "station down")
+
             n = 0
-            for r in range(rounds):
-                for cond in ("none", "browsers") if r % 2 == 0 else ("browsers", "none"):
-                    proc = None
-                    if cond == "browsers":
-                        # the browsers of a line run on other machines: here they share the
-                        # 2-core VM, at nice 10 (the page's own threads in the station are too)
-                        proc = subprocess.Popen(["nice", "-n", "10", sys.executable, "-c",
-                                                 _BROWSERS, "127.0.0.1",
-                                                 str(port), str(clients)],
-                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                text=True)
-                        assert proc.stdout is not None
-                        proc.stdout.readline()
-                        t_end = time.monotonic() + 10
-                        while _clients_now(base) < clients and time.monotonic() < t_end:
-                            time.sleep(0.05)
-                    try:
+            try:
+                for r in range(rounds):
+                    for cond in ("none", "browsers") if r % 2 == 0 else ("browsers", "none"):
+                        switch(cond == "browsers")
                         for _ in range(block):
                             n += 1
                             t_next = time.monotonic() + 1.0 / rate_hz
@@ -133,10 +147,9 @@ def bench_web(*, rounds: int = 6, block: int = 25, clients: int = 5, rate_hz: fl
                                 if isinstance(ms, (int, float)):
                                     v[cond].append(float(ms))
                             time.sleep(max(0.0, t_next - time.monotonic()))
-                    finally:
-                        if proc is not None:
-                            proc.kill()
-                            proc.wait(10)
+            finally:
+                browsers.kill()
+                browsers.wait(10)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -160,8 +173,8 @@ def bench_web(*, rounds: int = 6, block: int = 25, clients: int = 5, rate_hz: fl
 def main(argv: list[str] | None = None) -> int:
     """``python -m station.bench.web [--rounds N] [--block N] [--clients N]``: JSON figures."""
     ap = argparse.ArgumentParser(prog="station.bench.web", description=__doc__)
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--block", type=int, default=25)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--block", type=int, default=5)
     ap.add_argument("--clients", type=int, default=5)
     ap.add_argument("--rate", type=float, default=10.0)
     a = ap.parse_args(argv)

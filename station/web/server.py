@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -66,7 +65,6 @@ CLIENT_QUEUE = 1000       # messages a slow browser may lag behind before it is 
 IMAGE_CACHE = 48
 JPEG_QUALITY = 85
 EXECUTOR_THREADS = 3
-WEB_NICE = 10             # the page's threads yield the CPU to the inspection (Linux)
 _RECORD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 _CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
         "connect-src 'self'; frame-ancestors 'none'")
@@ -168,7 +166,6 @@ class WebServer:
             self._thread = None
 
     def _thread_main(self) -> None:
-        _lower_priority()  # this thread and the executor threads it starts (they inherit it)
         try:
             asyncio.run(self.serve())
         except BaseException as exc:  # reported by start(); the station keeps inspecting
@@ -178,8 +175,10 @@ class WebServer:
     async def serve(self, stop: asyncio.Event | None = None) -> None:
         """Listen and follow the station until ``stop`` is set (or :meth:`stop` is called)."""
         self._loop = asyncio.get_running_loop()
-        # a few threads for the blocking work (subscriber polls, catch-up, PNG encoding), so the
-        # page never takes more of the machine than that from the inspection
+        # a few threads for the blocking work (subscriber polls, catch-up, image encoding), so
+        # the page never takes more of the machine than that from the inspection.  They are
+        # not niced: a niced thread preempted while it holds the GIL would stall the inspection
+        # thread behind it (priority inversion) exactly when the machine is busy.
         self._loop.set_default_executor(
             ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="web"))
         self._stop = stop or asyncio.Event()
@@ -487,12 +486,6 @@ class WebServer:
         except (ClientError, zmq.ZMQError) as exc:
             log.warning("operator page catch-up %d..%d failed: %s", since + 1, upto, exc)
             return []
-
-
-def _lower_priority() -> None:
-    """Nice the calling thread (Linux: per thread) so the inspection thread comes first."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WEB_NICE)
 
 
 def _encode(image: np.ndarray | None, recorded: Path | None, ext: str) -> bytes | None:
