@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.auth
@@ -86,12 +88,43 @@ def load_curve(cfg: StationConfig) -> CurveServer | None:
     return CurveServer(public=public, secret=secret, clients_dir=clients_dir, clients=n)
 
 
+class _ZapLog:
+    """The ZAP handler's logger: its ``DENIED`` lines (a CURVE key not in the clients folder)
+    become warnings, one per key per ``every_s`` (a refused client reconnects many times a
+    second); the rest stays at its level."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 60.0) -> None:
+        self._log = logger
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def debug(self, msg: str, *args: Any, **kw: Any) -> None:
+        if args and args[0] == "DENIED" and "CURVE" in msg:
+            key = str(args[-1])
+            now = time.monotonic()
+            with self._lock:
+                if now - self._last.get(key, -self.every_s) < self.every_s:
+                    return
+                self._last[key] = now
+            self._log.warning("refused a client: its CURVE key %s is not in the clients folder "
+                              "(next refusal of this key logged in %.0f s at the earliest)",
+                              key.removeprefix("b'").removesuffix("'"), self.every_s)
+            return
+        self._log.debug(msg, *args, **kw)
+
+    def __getattr__(self, name: str) -> Any:  # info, warning, error, …: as they are
+        return getattr(self._log, name)
+
+
 class StationAuth:
-    """The ZAP handler of one ZeroMQ context: admits the listed client keys, refuses the rest."""
+    """The ZAP handler of one ZeroMQ context: admits the listed client keys, refuses the rest
+    (each refused key logged as a warning, at most once a minute)."""
 
     def __init__(self, ctx: zmq.Context, curve: CurveServer) -> None:
         self.curve = curve
-        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("station.security.zap"))
+        self._auth = ThreadAuthenticator(
+            ctx, log=_ZapLog(logging.getLogger("station.security.zap")))
         self._auth.start()
         self._auth.configure_curve(domain="*", location=str(curve.clients_dir))
         log.info("CURVE on: %d authorised client key(s) in %s", curve.clients, curve.clients_dir)

@@ -161,6 +161,11 @@ def test_curve_station_answers_listed_clients_only(tmp_path: Path, keys: dict[st
             assert answered == [], answered
             for _, s in probes:
                 s.close(0)
+            # the station says whom it refused: the rogue's key, as a warning, once
+            rogue_key = zmq.auth.load_certificate(keys["rogue_public"])[0].decode()
+            log_text = (tmp_path / "station.log").read_text()
+            assert log_text.count(f"refused a client: its CURVE key {rogue_key}") == 1, (
+                log_text[-3000:])
             # a listed client: events (EventSubscriber), a trigger and its result, catch-up
             with EventSubscriber(ep["pub"], keys=listed, catchup=ep["catchup"],
                                  since=0) as sub, \
