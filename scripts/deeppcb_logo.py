@@ -50,12 +50,22 @@ from camera.deeppcb import DEEPPCB_CLASSES, DeepPcbSource  # noqa: E402
 from pipeline.boxscore import cells_overlapping_box  # noqa: E402
 from pipeline.inspector import Inspector  # noqa: E402
 from pipeline.recipe import build_recipe, read_image  # noqa: E402
+from pipeline.variation import VariationModel, VariationSettings  # noqa: E402
 from pipeline.verdicts import Verdict  # noqa: E402
 from station.golden_switch import GoldenProblem, GoldenSwitch  # noqa: E402
+from station.progress import progress_bar  # noqa: E402
 from station.recipe_tools import DEFAULTS_DIR, load_settings_file  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "deeppcb"
 JUDGES = ("metric", "variation")
+# The two textbook methods the issue compares with, on the station's aligner and cell scoring:
+# |X − G| > k·10 with a 3×3 opening, and the plain variation model (golden and ±0.5 px shifts,
+# 3×3 opening, no edge moves, no local re-alignment); k chosen like the judges' thresholds.
+BASELINES = {
+    "plain_diff": VariationSettings(shift=0.0, width=0, opening=3, local=False),
+    "textbook_vm": VariationSettings(shift=0.5, width=0, opening=3, local=False),
+}
+THRESHOLDED = ("variation", *BASELINES)  # flagged when the score exceeds k
 K_GRID = np.round(np.arange(2.0, 25.01, 0.5), 2)  # variation: deviation in units of the spread
 F_GRID = np.round(np.arange(0.4, 3.001, 0.05), 2)  # metric: factor on the recipe thresholds
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
@@ -76,8 +86,10 @@ def stress_image(image: np.ndarray, kind: str) -> np.ndarray:
 
 
 def score_pass(data: Path, settings_path: str | None, stress: str, limit: int | None,
-               judges: tuple[str, ...] = JUDGES) -> list[dict[str, Any]]:
-    """Every pair through the station (the ``judges``): cell scores per judge."""
+               judges: tuple[str, ...] = JUDGES, baselines: bool = False
+               ) -> list[dict[str, Any]]:
+    """Every pair through the station (the ``judges``): cell scores per judge; with
+    ``baselines`` also the textbook methods' cell scores on the same alignment."""
     settings = load_settings_file(settings_path or DEFAULTS_DIR / "deeppcb.yaml")
     settings = dataclasses.replace(settings, judges=list(judges))
     source = DeepPcbSource(data, limit=limit)
@@ -87,13 +99,9 @@ def score_pass(data: Path, settings_path: str | None, stress: str, limit: int | 
     switch = GoldenSwitch(Inspector(recipe, policy="any"), cache_size=1)
     rows = []
     t0 = time.perf_counter()
-    try:
-        from tqdm import tqdm
-
-        frames = tqdm(source, total=len(source), disable=not sys.stderr.isatty(), unit="pair")
-    except ImportError:  # the progress bar is optional here
-        frames = source
-    for frame in frames:
+    bar = progress_bar(len(source), "scoring", unit="pair")
+    for frame in source:
+        bar.update()
         if frame.image is not None:
             frame.image = stress_image(frame.image, stress)
         row: dict[str, Any] = {"id": frame.meta["part_id"], "group": frame.meta["group"],
@@ -112,7 +120,15 @@ def score_pass(data: Path, settings_path: str | None, stress: str, limit: int | 
                 j = res.judges[name]
                 row[name] = j.details.get("cells") if j.verdict is not Verdict.ERROR else None
             row["thresholds"] = dict(insp.thresholds)
+            if baselines:
+                al = insp.aligner.align(frame.image)  # the Inspector's own (deterministic) pose
+                if al.ok and al.image is not None:
+                    for name, vs in BASELINES.items():
+                        sc, _ = VariationModel(insp.recipe.golden, vs).score(
+                            al.image, al.valid, insp.recipe.grid)
+                        row[name] = sc
         rows.append(row)
+    bar.close()
     print(f"scored {len(rows)} pairs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return rows
 
@@ -124,18 +140,19 @@ class Table:
         n, c = len(rows), len(cells)
         self.rows = rows
         self.groups = np.array([r["group"] for r in rows])
-        self.var = np.full((n, c), -np.inf)
-        self.met = np.full((n, c), -np.inf)  # score / recipe threshold
+        # judge → (pairs, cells) scores; metric: score / recipe threshold
+        self.scores = {name: np.full((n, c), -np.inf) for name in ("metric", *THRESHOLDED)}
         self.pos = np.zeros((n, c), bool)
         self.box_pair: list[int] = []
         self.box_cells: list[list[int]] = []
         self.box_cls: list[int] = []
         index = {a: i for i, a in enumerate(cells)}
         for i, r in enumerate(rows):
-            if r.get("variation"):
-                self.var[i] = [r["variation"][a] for a in cells]
+            for name in THRESHOLDED:
+                if r.get(name):
+                    self.scores[name][i] = [r[name][a] for a in cells]
             if r.get("metric"):
-                self.met[i] = [r["metric"][a] / r["thresholds"][a] for a in cells]
+                self.scores["metric"][i] = [r["metric"][a] / r["thresholds"][a] for a in cells]
             for b in r["boxes"]:
                 over = [index[a] for a in cells_overlapping_box(grid, b)]
                 self.pos[i, over] = True
@@ -145,21 +162,19 @@ class Table:
         self.box_pair_a = np.array(self.box_pair)
         self.box_cls_a = np.array(self.box_cls)
         # per box, the largest score over its cells (a box is hit when that exceeds the threshold)
-        self.box_var = np.array([self.var[p, cs].max() if cs else -np.inf
-                                 for p, cs in zip(self.box_pair, self.box_cells, strict=True)])
-        self.box_met = np.array([self.met[p, cs].max() if cs else -np.inf
-                                 for p, cs in zip(self.box_pair, self.box_cells, strict=True)])
+        self.box_scores = {
+            name: np.array([sc[p, cs].max() if cs else -np.inf
+                            for p, cs in zip(self.box_pair, self.box_cells, strict=True)])
+            for name, sc in self.scores.items()}
 
     def counts(self, judge: str, k: float, f: float, mask: np.ndarray) -> dict[str, Any]:
         """Counts and ratios on the pairs selected by ``mask`` for one candidate."""
-        flags = np.zeros(self.var.shape, bool)
+        flags = np.zeros(self.pos.shape, bool)
         hit = np.zeros(len(self.box_pair), bool)
-        if judge in ("variation", "any"):
-            flags |= self.var > k
-            hit |= self.box_var > k
-        if judge in ("metric", "any"):
-            flags |= self.met > f
-            hit |= self.box_met > f
+        for name, thr in (("variation" if judge == "any" else judge, k), ("metric", f)):
+            if name == judge or (judge == "any" and name in ("variation", "metric")):
+                flags |= self.scores[name] > thr
+                hit |= self.box_scores[name] > thr
         fl = flags[mask]
         bmask = mask[self.box_pair_a]
         flagged = int(fl.sum())
@@ -185,8 +200,8 @@ def candidates(judges: tuple[str, ...]) -> list[tuple[str, float, float]]:
     """(judge, k, f) settings to choose from."""
     out: list[tuple[str, float, float]] = []
     for j in judges:
-        if j == "variation":
-            out += [("variation", float(k), np.inf) for k in K_GRID]
+        if j in THRESHOLDED:
+            out += [(j, float(k), np.inf) for k in K_GRID]
         elif j == "metric":
             out += [("metric", np.inf, float(f)) for f in F_GRID]
         else:
@@ -244,7 +259,7 @@ def _fmt(c: dict[str, Any]) -> str:
 
 def _setting(judge: str, k: float, f: float) -> str:
     parts = []
-    if judge in ("variation", "any"):
+    if judge in (*THRESHOLDED, "any"):
         parts.append(f"k={k:g}")
     if judge in ("metric", "any"):
         parts.append(f"f={f:g}")
@@ -261,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stress", choices=("none", "thick", "thin"), default="none")
     ap.add_argument("--min-recall", type=float, default=0.97)
     ap.add_argument("--limit", type=int)
+    ap.add_argument("--baselines", action="store_true",
+                    help="also score the two textbook methods (plain difference, plain variation "
+                         "model) on the same alignment")
     ap.add_argument("--judges", default="metric,variation",
                     help="judges of the scored pass (comma-separated; default metric,variation: "
                          "give --settings station/defaults/deeppcb-metric.yaml for a calibrated "
@@ -273,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = json.loads(args.cache.read_text())
     else:
         rows = score_pass(args.data, args.settings, args.stress, args.limit,
-                          tuple(args.judges.split(",")))
+                          tuple(args.judges.split(",")), args.baselines)
         if args.cache:
             args.cache.write_text(json.dumps(rows))
     settings = load_settings_file(args.settings or DEFAULTS_DIR / "deeppcb.yaml")
@@ -285,9 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} pairs, {len(table.box_pair)} boxes, stress {args.stress}; "
           f"not judged (counted as misses): {len(errors)} {errors}")
     results = {}
-    scored = [j for j in JUDGES if any(r.get(j) for r in rows)]
+    scored = [j for j in (*JUDGES, *BASELINES) if any(r.get(j) for r in rows)]
     choices = [(j,) for j in scored]
-    if len(scored) == 2:
+    if "metric" in scored and "variation" in scored:
         choices += [("any",), ("metric", "variation", "any")]
     for judges in choices:
         res = logo(table, judges, args.min_recall)
