@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.align import MAX_SIZE_MISMATCH
 from pipeline.base.frames import Frame
 from pipeline.decision import decide, validate_policy
 from pipeline.judges.base import Judge, JudgeContext
@@ -112,6 +113,18 @@ class Inspector:
             self._golden_metric = self.transform.metric_image(d)
         return self._golden_metric
 
+    def use_recipe(self, recipe: Recipe) -> None:
+        """Inspect with ``recipe`` from the next part on: a version of the current recipe (same
+        golden and grid, another unit space or thresholds, e.g. a drift update or a rollback);
+        the judges stay as they are.  ValueError when the golden's size or the grid differ."""
+        if (recipe.golden.shape != self.recipe.golden.shape
+                or recipe.grid.cells != self.recipe.grid.cells):
+            raise ValueError("use_recipe takes a version of the same recipe (golden size, grid)")
+        thresholds = _checked_thresholds(recipe.settings.thresholds)
+        transform = recipe.make_transform()
+        self.recipe, self.transform, self.thresholds = recipe, transform, thresholds
+        self._golden_metric = None
+
     def close(self) -> None:
         """Close the judges that hold resources (a model worker)."""
         for j in self.judges:
@@ -172,6 +185,10 @@ class Inspector:
         settings = recipe.settings
         image = to_channels(image, settings.nsoartc.channels)
         images: dict[str, np.ndarray] = {"frame": frame.image}  # type: ignore[dict-item]
+        wrong = frame_size_problem(image.shape[:2], recipe.golden.shape[:2],
+                                   settings.align.enabled)
+        if wrong:
+            return self.error_result(part_id, wrong, t0, timings, images)
 
         t = time.perf_counter()
         if settings.align.enabled:
@@ -184,11 +201,6 @@ class Inspector:
             valid, align_score = al.valid, al.score
             timings["align"] = (time.perf_counter() - t) * 1000
         else:
-            if image.shape[:2] != recipe.golden.shape[:2]:
-                h, w = recipe.golden.shape[:2]
-                return self.error_result(
-                    part_id, f"wrong_size: {image.shape[1]}x{image.shape[0]} "
-                    f"(golden {w}x{h}, alignment disabled)", t0, timings, images)
             t = time.perf_counter()
             aligned, valid, align_score = self.photometric.apply(image), None, 1.0
             timings["align"] = (time.perf_counter() - t) * 1000
@@ -276,6 +288,18 @@ def _join(texts: list[tuple[str, str]]) -> str | None:
     if len(texts) == 1:
         return texts[0][1]
     return "\n\n".join(f"[{name}]\n{text}" for name, text in texts)
+
+
+def frame_size_problem(shape: tuple[int, ...], golden_shape: tuple[int, ...],
+                       align: bool = True) -> str | None:
+    """``frame_size: WxH (recipe WxH)`` when a frame of ``shape`` cannot be judged against a
+    golden of ``golden_shape`` (another camera resolution: beyond what alignment absorbs, or any
+    difference without alignment); None when it can."""
+    (h, w), (gh, gw) = shape[:2], golden_shape[:2]
+    tol = MAX_SIZE_MISMATCH if align else 0.0
+    if abs(w - gw) > tol * gw or abs(h - gh) > tol * gh:
+        return f"frame_size: {w}x{h} (recipe {gw}x{gh})"
+    return None
 
 
 def _frame_problem(image: np.ndarray) -> str | None:

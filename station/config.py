@@ -11,6 +11,7 @@ from typing import Any, Literal
 from camera.registry import SourceOptions, parse_camera, source_type
 from pipeline.base.errors import ConfigError
 from pipeline.base.yamlconf import FieldError, Overrides, YamlDoc, build_dataclass, load_yaml
+from pipeline.drift import DriftSettings
 from pipeline.vlm.settings import VlmSettings, effective_vlm_settings
 
 
@@ -257,6 +258,10 @@ class StationConfig:
     # Overrides of the recipe's ``vlm:`` section, key by key (checked when loaded; merged by
     # pipeline.vlm.settings.effective_vlm_settings)
     vlm: Overrides[VlmSettings] = field(default_factory=lambda: Overrides(VlmSettings))
+    # line drift: the heartbeat's drift figure, the recipe_drift status, and (adapt: true, off by
+    # default) bounded recipe updates from parts passed with margin (pipeline.drift,
+    # station.drift)
+    drift: DriftSettings = field(default_factory=DriftSettings)
     path: str = ""
 
     def resolve(self, p: str) -> Path:

@@ -49,6 +49,7 @@ from pipeline.base.frames import Frame
 from pipeline.inspector import InspectionResult
 from station import __version__
 from station.config import StationConfig
+from station.drift import RecipeWatch
 from station.events import EventPublisher, new_boot_id, utc_iso
 from station.journal import Journal, JournalWriteError
 from station.notify import Notifier
@@ -109,6 +110,8 @@ class StationDaemon:
         # the operator page's in-memory images (station.web.ring), set by station.build when the
         # page is served: parts that are not recorded hand their images over (references only)
         self.images: ImageRing | None = None
+        # drift figure, frame_size / recipe_drift states, drift updates (station.drift)
+        self.drift: RecipeWatch | None = None
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -204,6 +207,8 @@ class StationDaemon:
         self._server.start()
 
         self.parts = parts = self._assemble()
+        self.drift = RecipeWatch.for_station(cfg.drift, parts.inspector, self.state_dir)
+        self.status.drift_info = self.drift.figure
         self.status.camera_source = parts.camera.source_id
         self.status.recipe_hash = parts.inspector.recipe.short_hash
         self.status.model_name = parts.inspector.model_name
@@ -519,6 +524,27 @@ class StationDaemon:
             self._set_degraded(False, "inspections succeed again")
         if record_id is not None and parts.recorder is not None:
             parts.recorder.complete(record_id, {"event": event})
+        if result is not None and event["verdict"] == result.verdict.value:
+            self._drift_step(result)
+
+    def _drift_step(self, result: InspectionResult) -> None:
+        """The drift component takes the result; a new reason (``frame_size``,
+        ``recipe_drift``, fine again) or recipe version is announced as a status event."""
+        if self.drift is None or self.publisher is None:
+            return
+        change = self.drift.observe(result)
+        if change is None:
+            return
+        with self.publisher.lock:
+            self.status.drift_reason = change.reason
+            self.status.recipe_hash = self.drift.recipe_hash
+            state = self.status.refresh()
+            if change.reason_changed:
+                self._publish_status(state, change.reason or "recipe_known", detail=change.detail,
+                                     drift=self.drift.figure(), model=self.status.model_info())
+            if change.new_version is not None:
+                self._publish_status(state, "recipe_version", drift=self.drift.figure(),
+                                     model=self.status.model_info())
 
     def _publish_result(self, payload: dict[str, Any],
                         record_id: str | None) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from station import __version__
 
 DEGRADED_AFTER = 3  # consecutive non-camera error results before the station says "degraded"
 # error reasons that say nothing about the model: the camera, the trigger timing, the station
-NOT_MODEL_ERRORS = ("camera_down", "stale_trigger", "station_", "disk_full")
+NOT_MODEL_ERRORS = ("camera_down", "stale_trigger", "station_", "disk_full", "frame_size")
 
 
 @dataclass
@@ -44,6 +44,10 @@ class StationStatus:
     disk_full: bool = False
     disk_free_bytes: int | None = None
     recorder_info: Callable[[], dict[str, Any]] | None = None
+    # the drift component (station.drift): its reason for ``degraded`` (``frame_size``,
+    # ``recipe_drift``) and the heartbeat's ``drift`` figure
+    drift_reason: str | None = None
+    drift_info: Callable[[], dict[str, Any]] | None = None
     errors_in_row: int = 0
     parts: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"pass": 0, "defect": 0, "error": 0})
@@ -60,7 +64,7 @@ class StationStatus:
             self.state = "degraded"
         elif self.camera_up is False:
             self.state = "camera_down"
-        elif self.degraded:
+        elif self.degraded or self.drift_reason:
             self.state = "degraded"
         else:
             self.state = "ready"
@@ -100,9 +104,20 @@ class StationStatus:
             return "disk_full"
         if self.state == "camera_down":
             return self.camera_reason
+        if self.state == "degraded" and self.drift_reason and not self.degraded:
+            return self.drift_reason
         if self.state == "degraded":
             return f"{self.errors_in_row} errors in a row"
         return None
+
+    def drift(self) -> dict[str, Any] | None:
+        """``drift`` field of replies and heartbeats (None without a drift component)."""
+        if self.drift_info is None:
+            return None
+        try:
+            return self.drift_info()
+        except Exception as exc:  # health reporting must never stop a heartbeat
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     def disk_info(self) -> dict[str, Any]:
         """``disk`` field of replies and heartbeats: can events be journaled."""
@@ -130,7 +145,8 @@ class StationStatus:
             "mode": self.mode, "seq": seq, "queued": queued, "queue_max": self.queue_max,
             "parts": self.parts, "counts": dict(self.counts), "camera": self.camera_info(),
             "model": self.model_info(), "disk": self.disk_info(),
-            "recorder": self.recorder_health(), "uptime_s": self.uptime_s(), "pid": os.getpid(),
+            "recorder": self.recorder_health(), "drift": self.drift(),
+            "uptime_s": self.uptime_s(), "pid": os.getpid(),
             "version": __version__, "endpoints": self.endpoints,
         }
 
@@ -144,7 +160,8 @@ class StationStatus:
             "counts": dict(self.counts),
             "in_hand_s": round(time.monotonic() - in_hand, 3) if in_hand else None,
             "camera": self.camera_info(), "model": self.model_info(), "disk": self.disk_info(),
-            "recorder": self.recorder_health(), "endpoints": self.endpoints,
+            "recorder": self.recorder_health(), "drift": self.drift(),
+            "endpoints": self.endpoints,
         }
 
     def line(self, *, seq: int, queued: int) -> str:
