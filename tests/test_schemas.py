@@ -1,10 +1,12 @@
 """The JSON Schemas of docs/schemas/ (draft 2020-12) against REAL messages: the events, requests
-and replies of a real ``station demo --serve`` process on loopback ZeroMQ sockets (results,
-heartbeats, status events, live and through catch-up; trigger acks, a duplicate, status, malformed
-requests), and the ``unavailable`` refusal of the station's own request handler."""
+and replies of a real ``station run`` process (synthetic camera, recording on) on loopback ZeroMQ
+sockets (results, heartbeats with recorder health, status events, live and through catch-up;
+trigger acks, a duplicate, status, malformed requests), and the ``unavailable`` refusal of the
+station's own request handler."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -16,8 +18,9 @@ import zmq
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
-from support.bridge_peers import DemoStation
 
+from pipeline.recipe import Recipe
+from station.bench.events import StationProcess, write_config
 from station.requests import StationRequests, TriggerQueue
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
@@ -56,13 +59,15 @@ def _ask(sock: zmq.Socket, body: bytes) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_real_events_and_replies_validate(tmp_path: Path) -> None:
-    st = DemoStation(tmp_path / "station")
-    st.argv += ["--web-listen", "off"]
+def test_real_events_and_replies_validate(tmp_path: Path, synthetic_recipe: Recipe) -> None:
+    cfg = write_config(tmp_path / "station.yaml", recipe=synthetic_recipe.folder,
+                       state_dir=tmp_path / "state", recording_dir=tmp_path / "rec")
+    endpoints = json.loads(cfg.read_text())["events"]
+    st = StationProcess(cfg, tmp_path / "state")
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"insp.")
-    sub.connect(st.pub)
+    sub.connect(endpoints["pub"])  # before the start: the starting status is seen too
     trig = ctx.socket(zmq.DEALER)
     catchup = ctx.socket(zmq.DEALER)
     events: list[tuple[str, dict[str, Any]]] = []
@@ -75,8 +80,8 @@ def test_real_events_and_replies_validate(tmp_path: Path) -> None:
 
     try:
         st.start()
-        trig.connect(st.trigger)
-        catchup.connect(st.catchup)
+        trig.connect(endpoints["trigger"])
+        catchup.connect(endpoints["catchup"])
         drain(time.monotonic() + 5, lambda: any(t == "insp.heartbeat" for t, _ in events))
         replies: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
         for req in ({"cmd": "trigger", "part_id": "SCHEMA-1"},
@@ -97,7 +102,10 @@ def test_real_events_and_replies_validate(tmp_path: Path) -> None:
         caught = _ask(catchup, b'{"since": 0}')
         replies.append(("catchup-reply", caught, None))
     finally:
-        st.stop()
+        st.signal(15)  # SIGTERM: a clean stop announces "stopping"
+        with contextlib.suppress(Exception):
+            st.wait(30)
+        st.kill()
     drain(time.monotonic() + 2, lambda: any(e.get("state") == "stopping" for _, e in events))
     for s in (sub, trig, catchup):
         s.close(0)
@@ -110,6 +118,10 @@ def test_real_events_and_replies_validate(tmp_path: Path) -> None:
     topics = {t for t, _ in events}
     assert {"insp.heartbeat", "insp.status"} <= topics and any(
         t.startswith("insp.result.") for t in topics), topics
+    beats = [e for t, e in events if t == "insp.heartbeat" and e["state"] == "ready"]
+    assert beats and all(b["recorder"]["ok"] is True for b in beats), beats  # recording on
+    results = [e for t, e in events if t.startswith("insp.result.")]
+    assert all(r["frame"] for r in results)
     for topic, event in events:
         if topic == "insp.heartbeat":
             validate("heartbeat", event)
