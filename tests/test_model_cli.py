@@ -34,17 +34,17 @@ def test_model_without_subcommand_prints_usage(capsys):
 @pytest.mark.slow
 @pytest.mark.vlm
 @pytest.mark.parametrize("family", ["qwen2_vl", "mllama", "llava"])
-def test_tiny_then_check(tmp_path, capsys, family):
+def test_tiny_then_check(tmp_path, capfd, family):
     pytest.importorskip("torch")
     out = tmp_path / family
     assert main(["model", "tiny", str(out), "--family", family]) == 0
-    assert f"tiny random {family} model" in capsys.readouterr().out
+    assert f"tiny random {family} model" in capfd.readouterr().out
     for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "config.json").read_text())["model_type"] == family
 
     assert main(["model", "check", str(out), "--json", "--max-image-side", "112"]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
     assert report["ok"] and report["family"] == family and report["backend"] == "transformers"
     assert report["quantisation"]["is_4bit"] and report["quantisation"]["linear_4bit"] > 0
     assert report["chat_template"] and report["processor"].endswith(
@@ -54,12 +54,12 @@ def test_tiny_then_check(tmp_path, capsys, family):
     assert 0.0 <= report["smoke"]["p_defect"] <= 1.0
 
     assert main(["model", "check", str(out), "--mode", "generate", "--max-image-side", "56"]) == 0
-    text = capsys.readouterr().out
+    text = capfd.readouterr().out
     assert "linear layers in 4 bit" in text and "chat template: yes" in text
 
     # writing into a folder that is not empty is refused
     assert main(["model", "tiny", str(out)]) == 78
-    assert "not empty" in capsys.readouterr().err
+    assert "not empty" in capfd.readouterr().err
 
 
 @pytest.mark.slow

@@ -310,6 +310,19 @@ def test_one_pass_scores_equal_step_by_step(loaded, family, modes):
 
 
 @pytest.mark.vlm
+def test_warmup_with_the_recipe_layout_builds_the_plan_at_start_up(loaded):
+    j = _judge(loaded, "qwen2_vl", threshold=1e-6)
+    golden = _images(1, seed=5)[0]
+    j.warmup([golden, golden], columns=COLS, rows=ROWS)
+    info = j.model_info["one_pass"]
+    assert info["cached_prefix_tokens"] > 0 and info["graph"] == "eager"  # no CUDA here
+    plan = j._engine.onepass.plan
+    r = j.judge([golden, _images(1, seed=6)[0]], columns=COLS, rows=ROWS)
+    assert r.details["forwards"] == 1 and j._engine.onepass.plan is plan  # nothing re-planned
+    j.close()
+
+
+@pytest.mark.vlm
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
 def test_cached_prefix_matches_the_uncached_pass(loaded, family):
     """The prefix cache changes nothing: same logits as the whole prompt in one pass, also

@@ -534,11 +534,22 @@ class VlmJudge:
     @property
     def model_info(self) -> dict[str, Any]:
         """The model's description for events and reports (family, backend, 4-bit layers, …)."""
-        return {
+        info = {
             **self.loaded.info(),
             "mode": self.settings.mode,
             "compile_generate": self._engine.compile_generate,
         }
+        op = self._engine.onepass
+        if op is not None and op.plan is not None:  # what the warm-up built and what it cost
+            plan = op.plan
+            info["one_pass"] = {
+                "cached_prefix_tokens": plan.split if op.cached else 0,
+                "tokens_per_part": plan.n_lin + len(plan.fed),
+                "graph": plan.scope,
+                "capture_s": plan.capture_s,
+                "plan_s": op.timing.get("plan_s"),
+            }
+        return info
 
     @property
     def model_name(self) -> str:
@@ -609,12 +620,28 @@ class VlmJudge:
         """Judge on the calling thread with no time budget (tools, benchmarks, warm-up)."""
         return self._run(images, columns, rows, image_type)
 
-    def warmup(self) -> JudgeResult:
-        """One inference on a synthetic part (compiles, allocates); ConfigError if it fails."""
-        side = self.settings.max_image_side
-        img = Image.new("RGB", (side, side), (0, 0, 0))
-        imgs = [img] * self.settings.images_expected()
-        res = self.judge_now(imgs, columns=[str(i) for i in range(1, 10)], rows=["U", "C", "D"])
+    def warmup(
+        self,
+        images: Sequence[Image.Image | np.ndarray] | None = None,
+        *,
+        columns: Sequence[str] | None = None,
+        rows: Sequence[str] | None = None,
+    ) -> JudgeResult:
+        """One inference (compiles, allocates); ConfigError if it fails.
+
+        Without ``images`` a synthetic part; with the recipe's own composed pair (the golden as
+        both images will do) and grid labels, the one-pass plan of the real layout — its cached
+        prefix and CUDA graph — is built here, at start-up, instead of at the first part.
+        """
+        if images is None:
+            side = self.settings.max_image_side
+            img = Image.new("RGB", (side, side), (0, 0, 0))
+            images = [img] * self.settings.images_expected()
+        res = self.judge_now(
+            images,
+            columns=list(columns) if columns else [str(i) for i in range(1, 10)],
+            rows=list(rows) if rows else ["U", "C", "D"],
+        )
         if res.verdict == Verdict.ERROR:
             if res.reason == "vlm_oom":
                 raise ConfigError("vlm: out of GPU memory at the warm-up inference")
