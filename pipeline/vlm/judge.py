@@ -128,8 +128,14 @@ class _Engine:
         self.kv_cache_ok = True
         self.logits_to_keep_ok = True
         self._gen_config: Any = None
+        # generate on a GPU: static KV cache + compiled decode step (CUDA graphs) when asked for,
+        # or by default with cuda_graphs; the warm-up pays the compilation
+        wanted = settings.compile_generate or (
+            settings.cuda_graphs and str(loaded.device).startswith("cuda")
+        )
         self.compile_generate = (
-            settings.compile_generate and settings.mode == "generate" and self._allow_compile()
+            settings.mode == "generate" and wanted
+            and self._allow_compile(quiet=not settings.compile_generate)
         )
         try:
             self.float_dtype = next(
@@ -414,7 +420,7 @@ class _Engine:
             self._gen_config = gc
         return self._gen_config
 
-    def _allow_compile(self) -> bool:
+    def _allow_compile(self, quiet: bool = False) -> bool:
         """Whether generate may use a static cache and compile its decode step.
 
         transformers marks bitsandbytes models as not compileable; with bitsandbytes >= 0.46 the
@@ -424,10 +430,12 @@ class _Engine:
         cross-attention layers do not fit transformers' static cache).
         """
         if self.loaded.backend != "transformers":
-            log.warning("vlm.compile_generate: only with the transformers backend; not used")
+            if not quiet:
+                log.warning("vlm.compile_generate: only with the transformers backend; not used")
             return False
         if self.family == "mllama":
-            log.warning("vlm.compile_generate: not possible for Llama-3.2-Vision; not used")
+            if not quiet:
+                log.warning("vlm.compile_generate: not possible for Llama-3.2-Vision; not used")
             return False
         q = getattr(self.model, "hf_quantizer", None)
         if q is not None and not q.is_compileable:
@@ -526,6 +534,7 @@ class VlmJudge:
         self._worker = _Worker()
         self._worker.start()
         self.counters = {"parts": 0, "timeouts": 0, "busy": 0, "oom": 0, "failed": 0}
+        self.warmup_s: float | None = None
         if settings.warmup:
             self.warmup()
 
@@ -538,6 +547,7 @@ class VlmJudge:
             **self.loaded.info(),
             "mode": self.settings.mode,
             "compile_generate": self._engine.compile_generate,
+            "warmup_s": self.warmup_s,
         }
         op = self._engine.onepass
         if op is not None and op.plan is not None:  # what the warm-up built and what it cost
@@ -633,6 +643,7 @@ class VlmJudge:
         both images will do) and grid labels, the one-pass plan of the real layout — its cached
         prefix and CUDA graph — is built here, at start-up, instead of at the first part.
         """
+        t0 = time.perf_counter()
         if images is None:
             side = self.settings.max_image_side
             img = Image.new("RGB", (side, side), (0, 0, 0))
@@ -642,6 +653,9 @@ class VlmJudge:
             columns=list(columns) if columns else [str(i) for i in range(1, 10)],
             rows=list(rows) if rows else ["U", "C", "D"],
         )
+        self.warmup_s = round(time.perf_counter() - t0, 2)
+        log.info("vlm: warm-up inference %.1f s (compilation, prefix cache, graph capture)",
+                 self.warmup_s)
         if res.verdict == Verdict.ERROR:
             if res.reason == "vlm_oom":
                 raise ConfigError("vlm: out of GPU memory at the warm-up inference")
