@@ -122,6 +122,18 @@ def test_fit_image_caps_the_size_and_reads_bgr():
     assert fit_image(np.full((5, 5), 7, np.uint8), 448).getpixel((0, 0)) == (7, 7, 7)
 
 
+def test_reference_images_are_scaled_once():
+    from pipeline.vlm.prompts import fit_reference
+
+    golden = np.random.default_rng(4).integers(0, 255, (239, 657, 3), dtype=np.uint8)
+    a = fit_reference(golden, 448)
+    assert a.tobytes() == fit_image(golden, 448).tobytes() and a.size == (448, 163)
+    assert fit_reference(golden.copy(), 448) is a  # same bytes, another array: not scaled again
+    other = golden.copy()
+    other[0, 0] ^= 1
+    assert fit_reference(other, 448) is not a
+
+
 # --- tiny models -------------------------------------------------------------------------------
 
 torch = pytest.importorskip("torch")
