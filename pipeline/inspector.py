@@ -27,6 +27,7 @@ from pipeline.base.frames import Frame
 from pipeline.decision import decide, validate_policy
 from pipeline.judges.base import Judge, JudgeContext
 from pipeline.judges.selection import judges_for
+from pipeline.nsoartc import NsoartcTransform
 from pipeline.overlay import draw_overlay
 from pipeline.recipe import Recipe, to_channels
 from pipeline.verdicts import Defect, JudgeResult, Verdict
@@ -113,15 +114,16 @@ class Inspector:
             self._golden_metric = self.transform.metric_image(d)
         return self._golden_metric
 
-    def use_recipe(self, recipe: Recipe) -> None:
+    def use_recipe(self, recipe: Recipe, transform: NsoartcTransform | None = None) -> None:
         """Inspect with ``recipe`` from the next part on: a version of the current recipe (same
         golden and grid, another unit space or thresholds, e.g. a drift update or a rollback);
-        the judges stay as they are.  ValueError when the golden's size or the grid differ."""
+        the judges stay as they are.  ``transform``: ``recipe.make_transform()`` made ahead
+        (off the inspection thread).  ValueError when the golden's size or the grid differ."""
         if (recipe.golden.shape != self.recipe.golden.shape
                 or recipe.grid.cells != self.recipe.grid.cells):
             raise ValueError("use_recipe takes a version of the same recipe (golden size, grid)")
         thresholds = _checked_thresholds(recipe.settings.thresholds)
-        transform = recipe.make_transform()
+        transform = recipe.make_transform() if transform is None else transform
         self.recipe, self.transform, self.thresholds = recipe, transform, thresholds
         self._golden_metric = None
 

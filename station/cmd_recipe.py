@@ -31,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("dir", help="recipe folder")
     s.set_defaults(func=run_seal)
     ls = rsub.add_parser("versions", help="list the drift versions of a station's recipe")
-    ls.add_argument("--config", required=True, help="station YAML")
+    ls.add_argument("-c", "--config", required=True, help="station YAML")
     ls.set_defaults(func=run_versions)
     rb = rsub.add_parser("rollback", help="run an earlier recipe version (0: the configured one)")
-    rb.add_argument("--config", required=True, help="station YAML")
+    rb.add_argument("-c", "--config", required=True, help="station YAML")
     rb.add_argument("version", type=int, help="version number (see `station recipe versions`)")
     rb.set_defaults(func=run_rollback)
 

@@ -20,13 +20,13 @@ same object with the same Inspector (one code path).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.base.errors import ConfigError
 from pipeline.drift import (
     DriftMonitor,
     DriftSettings,
@@ -40,6 +40,7 @@ from pipeline.drift import (
     photometry,
 )
 from pipeline.inspector import InspectionResult, Inspector
+from pipeline.nsoartc import NsoartcTransform, UnitSpace
 from pipeline.recipe import Recipe
 from station.recipe_versions import RecipeVersions
 
@@ -83,6 +84,8 @@ class RecipeWatch:
         self.updates = 0
         self._seen: list[Photometry] = []
         self._adapter: UnitSpaceAdapter | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future[tuple[Recipe, NsoartcTransform, Photometry]] | None = None
         if settings.adapt and versions is not None:
             n = recipe.settings.nsoartc
             mask = cell_window_mask(recipe.grid.cells.values(), recipe.golden.shape[:2],
@@ -131,7 +134,6 @@ class RecipeWatch:
     def observe(self, result: InspectionResult) -> WatchChange | None:
         """Take one result into account; what changed, or None."""
         before = self.reason
-        new_version = None
         reason = result.reason or ""
         if result.verdict.value == "error":
             if reason.startswith(FRAME_SIZE):
@@ -142,7 +144,8 @@ class RecipeWatch:
             frame = result.images.get("frame")
             photo = photometry(frame, self._golden_q) if frame is not None else None
             self.monitor.add(ratio, photo)
-            new_version = self._learn(result, ratio, photo)
+            self._learn(result, ratio, photo)
+        new_version = self._collect()
         after = self.reason
         if after == before and new_version is None:
             return None
@@ -156,18 +159,18 @@ class RecipeWatch:
                       f"{fig['offset_drift']} ({self.monitor.why})")
         return WatchChange(after != before, after, detail, new_version)
 
-    def _learn(self, result: InspectionResult, ratio: float,
-               photo: Photometry | None) -> int | None:
-        """Feed a part passed with margin to the adapter; a full batch → a new version."""
+    def _learn(self, result: InspectionResult, ratio: float, photo: Photometry | None) -> None:
+        """Feed a part passed with margin to the adapter; a full batch → a new version,
+        written by the worker (:meth:`_collect` swaps to it)."""
         adapter, versions = self._adapter, self.versions
-        if adapter is None or versions is None:
-            return None
+        if adapter is None or versions is None or self._pending is not None:
+            return  # while a version is written, parts are judged but do not teach
         verdicts = [j.verdict.value for j in result.judges.values()]
         if not passed_with_margin(result.verdict.value, verdicts, ratio, self.settings.margin):
-            return None
+            return
         aligned = result.images.get("aligned")
         if aligned is None:
-            return None
+            return
         per = self.inspector.transform.features(aligned)
         if len(per) == 1:
             y1, y2 = per[0]
@@ -177,24 +180,65 @@ class RecipeWatch:
         if photo is not None:
             self._seen.append(photo)
         if not adapter.ready:
-            return None
+            return
         unit_space, moved = adapter.update()
         expected = next_photometry(Photometry(), self.monitor.expected, self._seen, self.settings)
         self._seen = []
+        # writing a version (compressing the unit space, sealing, loading it back, the new
+        # transform) takes seconds at full resolution: a worker does it, the inspection goes on
+        # with the running recipe and the swap happens on this thread once it is done
+        base = self.inspector.recipe
+        self._pending = self._worker().submit(self._write_version, base, unit_space, {
+            "parts": moved["parts"], "moved": moved, "photometry": expected.to_dict()}, expected)
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recipe-version")
+        return self._pool
+
+    def _write_version(self, base: Recipe, unit_space: UnitSpace, drift: dict[str, Any],
+                       expected: Photometry) -> tuple[Recipe, NsoartcTransform, Photometry]:
+        assert self.versions is not None
+        recipe = self.versions.save_next(base, unit_space, drift)
+        return recipe, recipe.make_transform(), expected
+
+    def _collect(self) -> int | None:
+        """Swap to the version the worker wrote, when it is done (inspection thread)."""
+        pending = self._pending
+        if pending is None or not pending.done():
+            return None
+        self._pending = None
+        adapter, versions = self._adapter, self.versions
+        assert adapter is not None and versions is not None
         try:
-            recipe = versions.save_next(self.inspector.recipe, unit_space, {
-                "parts": moved["parts"], "moved": moved, "photometry": expected.to_dict()})
-        except (OSError, ConfigError) as exc:  # a full disk: the recipe stays as it is
+            recipe, transform, expected = pending.result()
+        except Exception as exc:  # a full disk: the recipe stays as it is
             log.error("recipe drift update not written, recipe unchanged: %s", exc)
             adapter.current = self.inspector.recipe.unit_space
             return None
-        self.inspector.use_recipe(recipe)
+        self.inspector.use_recipe(recipe, transform)
         adapter.current = recipe.unit_space
         self.version = versions.version_of(recipe)
         self.updates += 1
-        versions.set_current(self.version)
-        versions.prune(self.settings.keep_versions, protect=self.version)
+        try:
+            versions.set_current(self.version)
+            versions.prune(self.settings.keep_versions, protect=self.version)
+        except OSError as exc:
+            log.error("recipe version %d runs, but current.json was not written: %s",
+                      self.version, exc)
         self.monitor.expected = expected
         log.info("recipe drift update: version %d (%s), %s", self.version, recipe.short_hash,
-                 moved)
+                 recipe.settings.built["drift"]["moved"])
         return self.version
+
+    def wait_pending(self, timeout: float | None = None) -> int | None:
+        """Wait for a version being written and swap to it (tests, shutdown); its number."""
+        if self._pending is not None:
+            wait([self._pending], timeout=timeout)
+        return self._collect()
+
+    def close(self) -> None:
+        """Let a version being written finish, then stop the worker."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
