@@ -23,7 +23,7 @@ from station.machine_output import machine_stdout, print_json_line
 from station.progress import progress_bar
 from station.recipe_tools import inspector_from_args
 from station.replay_runner import PartOutcome, replay, write_json_line
-from station.report import ReportBuilder
+from station.report import ReportBuilder, rate_text
 
 
 def add_inspector_args(p: argparse.ArgumentParser) -> None:
@@ -133,7 +133,7 @@ def print_human_summary(s: dict[str, Any], report_dir: str | None) -> None:
     line = f"{s['parts']} parts: {verdicts}"
     if "misses" in s:
         line += (f"; {s['misses']} misses, {s['false_rejects']} false rejects "
-                 f"(rate {s['false_reject_rate']})")
+                 f"({rate_text(s['false_reject_rate'])})")
     if "recorded" in s:
         line += f"; agreement with the recording {s['recorded']['agreement']}"
     if "f1" in s:

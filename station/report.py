@@ -45,8 +45,8 @@ PANEL_KINDS = {  # kind → section title
     "false_reject": "False rejects (good parts rejected)",
     "defect": "Defects",
 }
-THUMB_SIDE = 280  # longest side of a panel image, px
-JPEG_QUALITY = 72
+THUMB_SIDE = 256  # longest side of a panel image, px (about 15-20 kB each as JPEG)
+JPEG_QUALITY = 68
 MAX_UNJUDGED = 500  # named parts that could not be judged (the count is always complete)
 MAX_CELLS_PER_PANEL = 12
 
@@ -424,6 +424,11 @@ def _histogram(values: list[float]) -> dict[str, Any]:
     }
 
 
+def rate_text(rate: float | None) -> str:
+    """The false-reject rate for people: ``rate 0.01``, or why there is none."""
+    return "no good parts: no false-reject rate" if rate is None else f"rate {rate}"
+
+
 def counts_lines(s: dict[str, Any]) -> list[str]:
     """The headline figures as Markdown list items (shared by the Markdown and HTML reports)."""
     verdicts = ", ".join(f"{k} {v}" for k, v in s["verdicts"].items()) or "none"
@@ -437,7 +442,7 @@ def counts_lines(s: dict[str, Any]) -> list[str]:
         pc = s["part_confusion"]
         lines += [
             f"labelled: {s['labelled']}; misses {s['misses']}, false rejects "
-            f"{s['false_rejects']} (rate {s['false_reject_rate']})",
+            f"{s['false_rejects']} ({rate_text(s['false_reject_rate'])})",
             f"part confusion (reject = positive): tp {pc['tp']} fp {pc['fp']} tn {pc['tn']} "
             f"fn {pc['fn']}",
         ]
