@@ -100,12 +100,12 @@ def start_page(config: StationConfig, daemon: StationDaemon) -> Callable[[], Non
             stopped.wait(0.05)
         else:
             return
-        server = WebServer(options_for_station(config, eps["pub"], eps["catchup"]),
-                           ring=daemon.images)
         try:
+            server = WebServer(options_for_station(config, eps["pub"], eps["catchup"]),
+                               ring=daemon.images)
             url = server.start()
-        except StationError as exc:
-            log.error("%s", exc)
+        except Exception as exc:  # the station goes on inspecting without its page
+            log.error("operator page not served: %s", exc)
             return
         holder.append(server)
         log.info("operator page of %s: %s", daemon.station_id, url)

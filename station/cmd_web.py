@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="results fetched from the station's journal at start (default 500)")
     p.add_argument("--shifts", default="06:00,14:00,22:00",
                    help="local shift start times, comma-separated (default 06:00,14:00,22:00)")
+    p.add_argument("--client-key", help="CURVE: this page's secret certificate file "
+                                        "(.key_secret); needs --server-key")
+    p.add_argument("--server-key", help="CURVE: the station's public certificate file (.key)")
     p.set_defaults(func=run)
 
 
@@ -64,8 +67,19 @@ def run(args: argparse.Namespace) -> int:
         WebSection(listen=args.listen, history=args.history, shifts=shifts).validate()
     except ValueError as exc:
         raise ConfigError(f"--shifts: {exc}") from None
+    keys = None
+    if bool(args.client_key) != bool(args.server_key):
+        raise ConfigError("--client-key and --server-key go together")
+    if args.client_key:
+        from station.client import ClientError, CurveKeys
+
+        try:
+            keys = CurveKeys.load(args.client_key, args.server_key)
+        except ClientError as exc:
+            raise ConfigError(f"CURVE keys: {exc}") from None
     server = WebServer(WebOptions(pub=args.station, catchup=args.catchup, listen=args.listen,
-                                  recordings=rec, history=args.history, shifts=shifts))
+                                  recordings=rec, history=args.history, shifts=shifts,
+                                  keys=keys))
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -216,6 +216,9 @@ class WebSection:
     history: int = 500
     image_ring: int = 8
     shifts: list[str] = field(default_factory=lambda: ["06:00", "14:00", "22:00"])
+    # with security.curve: the page's own client certificate (.key_secret; its public .key must
+    # be in security.curve.clients), so the page can subscribe to its station
+    client_key: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -290,6 +293,7 @@ def load_config(path: str | Path, *, check_paths: bool = False) -> StationConfig
     if check_paths:
         _check_writable(cfg, doc)
         _check_security(cfg, doc)
+        _check_web(cfg, doc)
     _check_policy(cfg, doc, recipe_dir)
     return cfg
 
@@ -327,6 +331,22 @@ def _check_security(cfg: StationConfig, doc: YamlDoc) -> None:
             what = "no such folder" if want_dir else "no such key file"
             raise ConfigError(f"security.curve.{key}: {p}: {what}",
                               doc.where(("security", "curve", key)))
+
+
+def _check_web(cfg: StationConfig, doc: YamlDoc) -> None:
+    """With ``security.curve`` the page needs its own client key (``web.client_key``) to follow
+    the station; ConfigError at the key's line when it is missing or not a file."""
+    web = cfg.web
+    if not web.enabled or cfg.security.curve is None:
+        return
+    if not web.client_key:
+        raise ConfigError("web.client_key: with security.curve the page needs its own client "
+                          "certificate (station keys generate DIR --name web; its public .key "
+                          "in security.curve.clients)", doc.where(("web",)))
+    p = cfg.resolve(web.client_key)
+    if not p.is_file():
+        raise ConfigError(f"web.client_key: {p}: no such key file",
+                          doc.where(("web", "client_key")))
 
 
 def _check_writable(cfg: StationConfig, doc: YamlDoc) -> None:

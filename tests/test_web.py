@@ -388,3 +388,49 @@ def test_demo_serve_turns_the_page_on_at_8080_unless_told_otherwise(
     assert not cfg("off").web.enabled
     with pytest.raises(ConfigError, match="--web-listen"):
         cfg("port-8080")
+
+
+@pytest.mark.slow
+def test_page_follows_a_curve_station_with_its_own_client_key(
+        tmp_path: Path, synthetic_recipe: Recipe) -> None:
+    from pipeline.base.errors import ConfigError
+    from station.config import load_config
+    from station.security import generate_keys
+
+    generate_keys(tmp_path / "keys")                                 # the station's pair
+    generate_keys(tmp_path / "keys" / "clients", name="web")         # the page's pair
+    secret = tmp_path / "keys" / "web.key_secret"
+    (tmp_path / "keys" / "clients" / "web.key_secret").rename(secret)
+    assert synthetic_recipe.folder is not None
+    cfg_path = write_config(tmp_path / "station.yaml", recipe=synthetic_recipe.folder,
+                            state_dir=tmp_path / "state", station_id="web-curve")
+    cfg = json.loads(cfg_path.read_text())
+    port = free_ports(1)[0]
+    cfg["security"] = {"curve": {"server_secret": str(tmp_path / "keys" / "station.key_secret"),
+                                 "clients": str(tmp_path / "keys" / "clients")}}
+    cfg["web"] = {"listen": f"127.0.0.1:{port}"}
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"web\.client_key"):  # it could never connect
+        load_config(cfg_path, check_paths=True)
+    cfg["web"]["client_key"] = str(secret)
+    cfg_path.write_text(json.dumps(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "station.cli", "run", "-c", str(cfg_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        st: dict[str, Any] = {}
+        while time.monotonic() < deadline and not st.get("ready"):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.2)
+            try:
+                st = json.loads(get(f"http://127.0.0.1:{port}/api/status")[1])
+            except (OSError, ValueError):
+                continue
+        assert st.get("ready") is True and st["station"] == "web-curve", st
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()

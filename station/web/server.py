@@ -46,7 +46,14 @@ import zmq
 from aiohttp import web
 
 from pipeline.base.errors import StationError
-from station.client import CatchupClient, ClientError, Event, EventSubscriber, Notice
+from station.client import (
+    CatchupClient,
+    ClientError,
+    CurveKeys,
+    Event,
+    EventSubscriber,
+    Notice,
+)
 from station.client.request import connectable, derive_catchup
 from station.config import listen_address
 from station.events import RESULT_PREFIX, TOPIC_HEARTBEAT, decode
@@ -76,7 +83,7 @@ class WebOptions:
 
     ``pub``/``catchup``: the station's endpoints (catch-up: the PUB port + 1 when None);
     ``recordings``: the recorder's folder (None: images only from ``ring``); ``history``: results
-    fetched from the journal at start; ``shifts``: local shift start times.
+    fetched from the journal at start; ``shifts``: local shift start times; ``keys``: CURVE.
     """
 
     pub: str
@@ -85,6 +92,7 @@ class WebOptions:
     recordings: Path | None = None
     history: int = 500
     shifts: list[str] = field(default_factory=lambda: ["06:00", "14:00", "22:00"])
+    keys: CurveKeys | None = None  # CURVE: the page's client keys and the station's public key
 
 
 def valid_part_id(part_id: str) -> bool:
@@ -228,7 +236,7 @@ class WebServer:
                 return None
             try:
                 with CatchupClient(self.catchup_ep, timeout=1.0, retries=0,
-                                   context=self._ctx) as c:
+                                   keys=self.options.keys, context=self._ctx) as c:
                     seq = int(c.status().get("seq") or 0)
                 self.history_upto = seq
                 return max(0, seq - self.options.history)
@@ -246,6 +254,8 @@ class WebServer:
         sock = self._ctx.socket(zmq.SUB)
         try:
             sock.setsockopt(zmq.LINGER, 0)
+            if self.options.keys is not None:
+                self.options.keys.apply(sock)
             sock.setsockopt(zmq.SUBSCRIBE, TOPIC_HEARTBEAT.encode())
             sock.connect(self.options.pub)
             deadline = time.monotonic() + 3.0
@@ -266,7 +276,7 @@ class WebServer:
         self._ctx = zmq.Context()
         since = await loop.run_in_executor(None, self._history_since)
         self._sub = sub = EventSubscriber(self.options.pub, catchup=self.options.catchup,
-                                          since=since,
+                                          since=since, keys=self.options.keys,
                                           down_after=3.0, context=self._ctx)
         async for item in sub.aiter():
             try:
@@ -475,7 +485,8 @@ class WebServer:
         ctx = self._ctx
 
         def fetch() -> list[dict[str, Any]]:
-            with CatchupClient(ep, timeout=2.0, retries=0, context=ctx) as c:
+            with CatchupClient(ep, timeout=2.0, retries=0, keys=self.options.keys,
+                               context=ctx) as c:
                 return [self._with_image_kind(summarize(ev)) for topic, ev in c.fetch(since, upto)
                         if topic.startswith(RESULT_PREFIX)]
 
@@ -513,6 +524,13 @@ def options_for_station(config: Any, pub: str, catchup: str) -> WebOptions:
     daemon bound (``tcp://0.0.0.0:…`` made reachable on loopback)."""
     here = "tcp://127.0.0.1:1"
     rec = config.resolve(config.recording.dir) if config.recording.enabled else None
+    keys = None
+    curve = getattr(getattr(config, "security", None), "curve", None)
+    if curve is not None and config.web.client_key:
+        # the station's .key_secret holds its public key too
+        keys = CurveKeys.load(config.resolve(config.web.client_key),
+                              config.resolve(curve.server_secret))
     return WebOptions(pub=connectable(pub, here), catchup=connectable(catchup, here),
                       listen=str(config.web.listen), recordings=rec,
-                      history=int(config.web.history), shifts=list(config.web.shifts))
+                      history=int(config.web.history), shifts=list(config.web.shifts),
+                      keys=keys)
