@@ -194,6 +194,10 @@
         "no heartbeat from the station — reject every part";
       $("state").textContent = "DOWN"; $("state").className = "pill down";
     }
+    if (down && banner.hidden) {  // when it went down, and why (for tests and diagnosis)
+      document.body.dataset.downAt = String(now);
+      document.body.dataset.lastHeartbeatAt = String(lastHb !== null ? lastHb : "");
+    }
     banner.hidden = !down;
     document.body.classList.toggle("is-down", down);
   }
