@@ -197,8 +197,13 @@ class Inspector:
             al = self.aligner.align(image)
             if not al.ok or al.image is None:
                 timings["align"] = (time.perf_counter() - t) * 1000
-                return self.error_result(part_id, al.reason or "alignment_failed", t0, timings,
-                                         images)
+                # a frame of another size that does not align (a camera ROI a few rows off
+                # aligns; another resolution does not) says so in the same words every time
+                why = (frame_size_problem(image.shape[:2], recipe.golden.shape[:2], False)
+                       or al.reason or "alignment_failed")
+                if why.startswith("frame_size"):
+                    log.debug("%s: %s: %s", part_id, why, al.reason)
+                return self.error_result(part_id, why, t0, timings, images)
             aligned = self.photometric.apply(al.image, al.valid)
             valid, align_score = al.valid, al.score
             timings["align"] = (time.perf_counter() - t) * 1000
@@ -296,7 +301,8 @@ def frame_size_problem(shape: tuple[int, ...], golden_shape: tuple[int, ...],
                        align: bool = True) -> str | None:
     """``frame_size: WxH (recipe WxH)`` when a frame of ``shape`` cannot be judged against a
     golden of ``golden_shape`` (another camera resolution: beyond what alignment absorbs, or any
-    difference without alignment); None when it can."""
+    difference without alignment); None when it can.  A frame within the aligner's tolerance
+    that then fails to align is reported the same way by the Inspector."""
     (h, w), (gh, gw) = shape[:2], golden_shape[:2]
     tol = MAX_SIZE_MISMATCH if align else 0.0
     if abs(w - gw) > tol * gw or abs(h - gh) > tol * gh:

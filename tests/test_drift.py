@@ -254,6 +254,13 @@ def test_frame_of_another_size_is_one_clear_error_and_state(line_recipe: Recipe,
     assert changes[0].detail == "frame_size: 192x144 (recipe 320x240)"
     assert all(c is None for c in changes[1:])  # one state change, not a stream
     assert watch.figure()["frame_size"] == "192x144 (recipe 320x240)"
+    # within the aligner's size tolerance but another resolution: it does not align, and says
+    # so in the same words
+    r = inspector.inspect(Frame(cv2.resize(frame.image, (256, 192)), 6, source_id="cam"))
+    assert r.reason == "frame_size: 256x192 (recipe 320x240)"
+    # a camera ROI a few rows taller still aligns and is judged
+    taller = np.vstack([frame.image, frame.image[-8:]])
+    assert inspector.inspect(Frame(taller, 7)).verdict.value == "pass"
     back = watch.observe(inspector.inspect(frame))  # the right camera again
     assert back is not None and back.reason is None and watch.reason is None
     # alignment off: any difference at all is the same error
@@ -364,3 +371,43 @@ def test_daemon_heartbeat_carries_the_drift_figure_and_recipe_drift_state(
     assert results and all(ev["verdict"] in ("pass", "defect") for ev in results)
     assert status["state"] == "degraded" and status["reason"] == "recipe_drift"
     assert status["drift"]["drifting"] is True
+
+
+def test_daemon_frames_of_another_size_are_one_status_and_one_error_text(
+        line_recipe: Recipe, tmp_path: Path) -> None:
+    """A real station process whose camera now delivers 256×192 frames (the recipe: 320×240):
+    one ``degraded`` / ``frame_size`` status (not "3 errors in a row"), every part the same
+    error naming both sizes, the heartbeat saying why."""
+    line = DriftingLine(n=N_PARTS, defect_every=0)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(frames / f"part_{k:04d}.png"), cv2.resize(line.part(k)[0].image,
+                                                                  (256, 192)))
+    state = tmp_path / "state"
+    cfg = write_config(tmp_path / "station.yaml", recipe=line_recipe.folder, state_dir=state,
+                       mode="free_run", rate_hz=10, camera=str(frames / "part_%04d.png"),
+                       fps=20, loop=True, heartbeat_s=0.2)
+    seen: list[tuple[str, dict]] = []
+    with StationProcess(cfg, state) as st, StationClient(st.endpoints) as c:
+        c.wait_live(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(
+                [1 for t, _ in seen if t.startswith("insp.result.")]) < 8:
+            msg = c.recv(1.0)
+            if msg is not None:
+                seen.append(msg)
+        status = c.status()
+        journal = c.catchup(0)  # from the start, before this subscriber joined
+    results = [ev for t, ev in journal if t.startswith("insp.result.")]
+    assert len(results) >= 8
+    assert {(ev["verdict"], ev["reason"]) for ev in results} == {
+        ("error", "frame_size: 256x192 (recipe 320x240)")}
+    states = [(ev["state"], ev["reason"]) for t, ev in journal if t == "insp.status"]
+    degraded = [st for st in states if st[0] == "degraded"]
+    assert degraded == [("degraded", "frame_size")], states  # once, not "3 errors in a row"
+    assert states[-1] == ("degraded", "frame_size"), states
+    beat = [ev for t, ev in seen if t == "insp.heartbeat"][-1]
+    assert (beat["state"], beat["reason"]) == ("degraded", "frame_size")
+    assert beat["drift"]["frame_size"] == "256x192 (recipe 320x240)"
+    assert status["reason"] == "frame_size" and status["model"]["errors_in_row"] == 0
