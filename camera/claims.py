@@ -63,9 +63,10 @@ class FrameClaim:
             self._done.set()
 
     def wait(self, timeout: float) -> Frame | None:
-        """The claimed frame, waiting up to ``timeout`` s (and no longer than the deadline)."""
-        left = min(max(0.0, timeout), max(0.0, self.until_ts - time.time()))
-        self._done.wait(left)
+        """The claimed frame, waiting up to ``timeout`` s for it to be handed over (a frame
+        captured before the deadline may arrive a little after it: a camera that renders or
+        transfers slowly)."""
+        self._done.wait(max(0.0, timeout))
         return self._frame
 
 
@@ -100,6 +101,20 @@ class FrameClaims:
                     c.end("no frame captured in time")
                     continue
                 keep.append(c)
+            self._pending = keep
+
+    def expire(self, now: float | None = None) -> None:
+        """End the claims whose deadline passed (a source that delivers no frame at all)."""
+        t = time.time() if now is None else now
+        with self._lock:
+            if not self._pending:
+                return
+            keep = []
+            for c in self._pending:
+                if c.until_ts < t:
+                    c.end("no frame captured in time")
+                else:
+                    keep.append(c)
             self._pending = keep
 
     def end_all(self, why: str) -> None:

@@ -342,6 +342,7 @@ class LiveCamera:
         period = min(0.1, self.read_timeout / 4)
         while not self._stop.wait(period):
             try:
+                self._claims.expire()
                 now = time.monotonic()
                 if self._up and now - self._last_frame_mono > self.read_timeout:
                     self._set_health(

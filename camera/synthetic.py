@@ -4,6 +4,7 @@ read (the generator is :mod:`camera.synth`)."""
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from camera.claims import FrameClaim
 from camera.registry import SourceOptions, register_source
 from camera.synth import DEFECT_MODES, LineSpec, make_part, render_golden, sample_defects
 from pipeline.base.frames import Frame
@@ -50,6 +52,10 @@ class SyntheticCamera:
         self._available = True
         self._down_reason = ""
         self._golden: np.ndarray | None = None
+        # triggers waiting for their part: rendered at once, in trigger order, by one thread
+        self._claims: queue.Queue[tuple[FrameClaim, float]] = queue.Queue(maxsize=64)
+        self._shutter: threading.Thread | None = None
+        self._shutter_lock = threading.Lock()
 
     def start(self) -> None:
         """Mark the camera started (rendering happens on demand); never raises."""
@@ -96,11 +102,45 @@ class SyntheticCamera:
         if changed:
             self._notify(up, "synthetic camera back" if up else reason)
 
+    def claim_frame(self, after_ts: float, until_ts: float) -> FrameClaim:
+        """Take the part in front of the camera now (a software trigger): rendered by the
+        camera's own thread and handed to the returned claim (:mod:`camera.claims`), so a part
+        that then waits in a queue is judged on the picture of its trigger's moment."""
+        claim = FrameClaim(after_ts, until_ts)
+        shot = max(after_ts, time.time())
+        with self._shutter_lock:
+            if self._shutter is None or not self._shutter.is_alive():
+                self._shutter = threading.Thread(target=self._shoot, name="synthetic-shutter",
+                                                 daemon=True)
+                self._shutter.start()
+        try:
+            self._claims.put_nowait((claim, shot))
+        except queue.Full:
+            claim.end("too many pending triggers")
+        return claim
+
+    def _shoot(self) -> None:
+        while True:
+            claim, shot = self._claims.get()
+            if self._closed:
+                claim.end("synthetic camera closed")
+                continue
+            frame = self._take(1.0, shot)
+            if frame.image is not None:
+                claim.offer(frame)
+            else:
+                claim.end(frame.error or "no frame")
+
     def read_latest(self, timeout: float, *, after_ts: float | None = None) -> Frame:
         """A freshly rendered part (seq 1, 2, …), or ``Frame(image=None, error="camera_down: …")``
         carrying the seq of the last returned frame (as camera.live.LiveCamera does).
 
         Parts are rendered when read, so every frame is captured after ``after_ts``."""
+        return self._take(timeout, None)
+
+    def _take(self, timeout: float, shot_ts: float | None) -> Frame:
+        """Render the part in front of the camera at ``shot_ts`` (the shutter's moment: now when
+        None; rendering itself takes a while but the picture is of that moment)."""
         if not self._started or self._closed:
             return Frame(image=None, seq=self._seq, source_id=self.source_id,
                          error="camera_down: synthetic camera not started")
@@ -113,6 +153,9 @@ class SyntheticCamera:
                 wait = self._last_ts + 1.0 / self.fps - time.time()
                 if wait > 0:
                     time.sleep(min(wait, max(timeout, 0.0)))
+            t_shot = time.time() if shot_ts is None else shot_ts
+            if self.fps:
+                t_shot = max(t_shot, self._last_ts + 1.0 / self.fps)
             if self._rng.random() < self.p_good:
                 defects: list[tuple[str, str]] = []
             else:
@@ -121,7 +164,7 @@ class SyntheticCamera:
             part = make_part(self.spec, self._rng, defects)
             self._seq += 1
             seq = self._seq
-            self._last_ts = time.time()
+            self._last_ts = t_shot
         meta = {"label": part.label, "defects": part.addresses,
                 "modes": [{"address": a, "mode": m} for a, m in part.defects],
                 "part_id": f"syn-{seq:06d}"}

@@ -455,8 +455,8 @@ class StationDaemon:
                          error=f"camera_down: {self.status.camera_reason}"), None
         t = time.monotonic()
         left = until - time.time()
-        if claim is not None:
-            frame = claim.wait(left)
+        if claim is not None:  # a frame captured in time may be handed over a bit later
+            frame = claim.wait(left + self.max_wait_s)
         else:  # a camera that captures on demand (or a plug-in without claims)
             frame = self._grab(job.wall_ts, left) if left > 0 else None
         waited = (time.monotonic() - t) * 1000

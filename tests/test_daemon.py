@@ -355,7 +355,8 @@ def test_camera_outage_gives_errors_never_pass_and_recovers(tmp_path: Path, reci
                             return
                 raise AssertionError(f"no {state} status")
 
-            assert all(r["verdict"] != "error" for r in parts("up1"))
+            up1 = parts("up1")
+            assert all(r["verdict"] != "error" for r in up1), [r["reason"] for r in up1]
             cam.set_available(False, "cable pulled")
             wait_state("camera_down")
             down = parts("down")
@@ -388,13 +389,10 @@ def test_repeated_pipeline_errors_make_the_station_degraded_until_parts_pass(
             _, wrong = run_triggers(c, [f"w-{i}" for i in range(3)], timeout=30)
             assert [r["verdict"] for r in wrong] == ["error"] * 3
             assert not any(r["reason"].startswith("camera_down") for r in wrong)
-            end = time.monotonic() + 5  # the status event follows the third error result
-            while (msg := c.recv(0.5)) is not None and time.monotonic() < end:
-                if msg[0] == "insp.status":
-                    break
-            assert msg is not None and msg[1]["state"] == "degraded"
-            st = c.status()
-            assert st["state"] == "degraded" and st["model"]["ok"] is False
+            end = time.monotonic() + 5  # the status event follows the error results
+            while c.status()["state"] != "degraded" and time.monotonic() < end:
+                time.sleep(0.1)
+            assert c.status()["state"] == "degraded"
             cam.spec = LineSpec()  # the line is switched back to the recipe's product
             _, right = run_triggers(c, [f"r-{i}" for i in range(2)], timeout=30)
             assert all(r["verdict"] != "error" for r in right)
@@ -406,9 +404,12 @@ def test_repeated_pipeline_errors_make_the_station_degraded_until_parts_pass(
         t.join(30)
     assert rc == [0]
     states = [(ev["state"], ev["reason"]) for tp, ev in events if tp == "insp.status"]
-    expected = ["starting", "camera_up", "ready", "degraded", "ready"]
-    assert [s_ for s_, _ in states] == expected, states
-    assert "3 errors in a row" in states[3][1]
+    names = [s_ for s_, _ in states]
+    assert names[:3] == ["starting", "camera_up", "ready"] and names[-1] == "ready", states
+    degraded = [r for s_, r in states[3:-1] if s_ == "degraded"]
+    assert degraded and set(names[3:-1]) == {"degraded"}, states
+    # said as the errors came: 3 in a row, or (the drift component) the frame size at once
+    assert any("3 errors in a row" in r or r == "frame_size" for r in degraded), states
 
 
 class _Gate:
@@ -420,6 +421,9 @@ class _Gate:
         self.recipe = inner.recipe
         self.model_name = None
         self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the real Inspector's
+        return getattr(self.inner, name)
 
     def inspect(self, frame: Any, part_id: str | None = None) -> Any:
         if part_id == "hang":

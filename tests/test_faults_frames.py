@@ -43,6 +43,9 @@ class _SlowLine:
         self.model_name = None
         self.seconds = seconds
 
+    def __getattr__(self, name: str) -> Any:  # everything else is the real Inspector's
+        return getattr(self.inner, name)
+
     def inspect(self, frame: Any, part_id: str | None = None) -> Any:
         time.sleep(self.seconds)
         return self.inner.inspect(frame, part_id)
