@@ -244,7 +244,8 @@ def test_qwen2_5_vl_family(loaded):
     assert r.verdict == Verdict.DEFECT and r.details["address"] in CELLS
     assert r.details["kv_cache"] is True
     j.close()
-    j = _judge(loaded, "qwen2_5_vl", mode="generate", max_new_tokens=8, compile_generate=True)
+    j = _judge(loaded, "qwen2_5_vl", mode="generate", max_new_tokens=8, compile_generate=True,
+               one_pass=False)
     r = j.judge(_images(2), columns=COLS, rows=ROWS)
     assert r.details["tokens_out"] <= 8 and j.model_info["compile_generate"] is True
     j.close()
@@ -362,6 +363,26 @@ def test_cached_prefix_matches_the_uncached_pass(loaded, family):
 
 
 @pytest.mark.vlm
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava"])
+def test_cached_prefix_generate_gives_transformers_tokens(loaded, family):
+    """Generate on the cached prefix with static buffers and an on-device decode loop gives the
+    tokens of transformers' greedy generate, also for later parts with the same golden."""
+    fast = _judge(loaded, family, mode="generate", max_new_tokens=10)
+    ref = _judge(loaded, family, mode="generate", max_new_tokens=10, one_pass=False)
+    golden = _images(1, seed=8)[0]
+    for seed in range(2):
+        imgs = [golden, _images(1, seed=30 + seed)[0]]
+        a = fast.judge_now(imgs, columns=COLS, rows=ROWS).details
+        b = ref.judge_now(imgs, columns=COLS, rows=ROWS).details
+        assert a["raw"] == b["raw"] and a["tokens_out"] == b["tokens_out"]
+        assert a["tokens_in"] == b["tokens_in"]
+    fg = fast._engine.fastgen
+    assert fg is not None and fg.ready() and 0 < fg.plan.split < a["tokens_in"]
+    fast.close()
+    ref.close()
+
+
+@pytest.mark.vlm
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generate_mode(loaded, family):
     j = _judge(loaded, family, mode="generate", max_new_tokens=12)
@@ -382,7 +403,8 @@ def test_compile_generate_static_cache_gives_the_same_answer(loaded, family):
     answers = []
     for compile_generate in (False, True):
         j = _judge(
-            loaded, family, mode="generate", max_new_tokens=10, compile_generate=compile_generate
+            loaded, family, mode="generate", max_new_tokens=10, compile_generate=compile_generate,
+            one_pass=False,  # transformers' generate (the cached-prefix path is tested below)
         )
         answers.append(j.judge(_images(2, seed=4), columns=COLS, rows=ROWS).details["raw"])
         expected = compile_generate and family != "mllama"  # mllama: not possible, warned

@@ -16,7 +16,9 @@ GPU.  ``one_pass: false`` takes the same choices step by step on a growing KV ca
 feeds only the new tokens; should a model not accept a cache step, it is recomputed from the full
 sequence): the reference the one-pass scores are tested against.
 
-**Generate mode.**  Greedy decoding of at most ``max_new_tokens``, read by
+**Generate mode.**  Greedy decoding of at most ``max_new_tokens`` — with ``one_pass`` on the
+cached prefix with static buffers and an on-device decode loop (:mod:`pipeline.vlm.fastgen`,
+CUDA graphs on a GPU), else transformers' ``generate`` — read by
 :func:`pipeline.vlm.parser.parse_answer`; an answer it cannot read is ``uncertain`` with the raw
 text kept.
 
@@ -49,7 +51,8 @@ from pipeline.base.errors import ConfigError
 from pipeline.verdicts import Defect, JudgeResult, Verdict, make_address
 from pipeline.vlm.answer_tree import AnswerTree, build_tree, walk
 from pipeline.vlm.backends import LoadedModel, is_pixtral, load_model
-from pipeline.vlm.onepass import OnePass
+from pipeline.vlm.fastgen import FastGenerate
+from pipeline.vlm.onepass import CACHED_FAMILIES, OnePass
 from pipeline.vlm.parser import DEFECT, PASS, parse_answer
 from pipeline.vlm.prompts import (
     Prompt,
@@ -152,10 +155,17 @@ class _Engine:
         self._sig: tuple | None = None
         self.timing: dict[str, float] = {}
         self.onepass: OnePass | None = None
+        self.fastgen: FastGenerate | None = None
         if settings.mode == "scored" and settings.one_pass:
             self.onepass = OnePass(
                 self.model, self.family, self.processor, self.device, self.float_dtype,
                 use_graphs=settings.cuda_graphs,
+            )
+        elif settings.mode == "generate" and settings.one_pass and self.family in CACHED_FAMILIES:
+            self.fastgen = FastGenerate(
+                OnePass(self.model, self.family, self.processor, self.device, self.float_dtype,
+                        use_graphs=settings.cuda_graphs),
+                settings.max_new_tokens,
             )
 
     # --- tokens --------------------------------------------------------------------------
@@ -443,13 +453,47 @@ class _Engine:
             q.__class__ = type(f"Compileable{cls.__name__}", (cls,), {"is_compileable": True})
         return True
 
+    def _fast_generate(self, prompt: Prompt) -> tuple[list[int], int]:
+        """Greedy tokens (cut after the first end token) on the cached prefix; prompt length."""
+        fg = self.fastgen
+        assert fg is not None
+        import hashlib
+
+        golden = hashlib.blake2b(digest_size=16)
+        for im in prompt.images[:-1]:
+            golden.update(im.tobytes())
+        sig = (repr(prompt.messages), tuple(im.size for im in prompt.images), golden.hexdigest())
+        if fg.ready() and sig == self._sig:
+            pix = self.processor.image_processor(images=[prompt.images[-1]], return_tensors="pt")
+            toks = fg.run_tail(pix["pixel_values"])
+        else:
+            toks = fg.run(self.encode(prompt))
+            self._sig = sig
+        ends = set(self.end_ids)
+        for i, t in enumerate(toks):
+            if t in ends:
+                toks = toks[: i + 1]
+                break
+        return toks, fg.plan.split + fg.plan.n_lin
+
     def generate(self, prompt: Prompt, columns: Sequence[str], rows: Sequence[str]) -> JudgeResult:
         """Generate mode: greedy free text, then the tolerant parser."""
         s = self.s
-        inputs = self.encode(prompt)
-        n_in = int(inputs["input_ids"].shape[1])
-        out = self.model.generate(**inputs, generation_config=self._greedy_config())
-        new = out[0, n_in:].tolist()
+        new: list[int] | None = None
+        if self.fastgen is not None:
+            try:
+                new, n_in = self._fast_generate(prompt)
+            except Exception as exc:  # a family the static path cannot take: transformers'
+                if isinstance(exc, self.torch.OutOfMemoryError):
+                    raise
+                log.warning("vlm: cached-prefix generate failed (%s: %s); using generate()",
+                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                self.fastgen = None
+        if new is None:
+            inputs = self.encode(prompt)
+            n_in = int(inputs["input_ids"].shape[1])
+            out = self.model.generate(**inputs, generation_config=self._greedy_config())
+            new = out[0, n_in:].tolist()
         raw = self.tok.decode(new, skip_special_tokens=False)
         parsed = parse_answer(raw, columns, rows, pass_word=s.pass_word, defect_word=s.defect_word)
         details: dict[str, Any] = {
@@ -549,6 +593,12 @@ class VlmJudge:
             "compile_generate": self._engine.compile_generate,
             "warmup_s": self.warmup_s,
         }
+        fg = self._engine.fastgen
+        if fg is not None and fg.plan is not None:
+            info["cached_generate"] = {
+                "cached_prefix_tokens": fg.plan.split, "tokens_per_part": fg.plan.n_lin,
+                "decode": fg.scope, **fg.timing,
+            }
         op = self._engine.onepass
         if op is not None and op.plan is not None:  # what the warm-up built and what it cost
             plan = op.plan

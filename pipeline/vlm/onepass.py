@@ -348,7 +348,8 @@ class OnePass:
         """Static inputs of the per-part pass: text embeddings, positions, mask, pixel buffer."""
         torch = self.torch
         ids = inputs["input_ids"]
-        fed_tok = torch.tensor([[tree.nodes[n].token for n in plan.fed]], device=ids.device)
+        fed_tok = torch.tensor([[tree.nodes[n].token for n in plan.fed]], dtype=torch.long,
+                               device=ids.device)
         q_ids = torch.cat([ids[:, plan.split :], fed_tok], dim=1)
         emb = self.core.get_input_embeddings()(q_ids)
         pos = self._full_positions(inputs, tree, plan.fed)[..., plan.split :]
@@ -511,7 +512,8 @@ class OnePass:
         plan = self.plan
         t0 = time.perf_counter()
         ids = inputs["input_ids"]
-        fed_tok = torch.tensor([[tree.nodes[n].token for n in plan.fed]], device=ids.device)
+        fed_tok = torch.tensor([[tree.nodes[n].token for n in plan.fed]], dtype=torch.long,
+                               device=ids.device)
         kw = dict(inputs)
         kw["input_ids"] = torch.cat([ids, fed_tok], dim=1)
         n0, extra = ids.shape[1], len(plan.fed)
