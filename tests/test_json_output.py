@@ -102,7 +102,7 @@ def test_model_check_json_is_one_line(tmp_path: Path) -> None:
     model = tmp_path / "tiny"
     p = station("model", "tiny", str(model))
     assert p.returncode == 0, p.stderr
-    p = station("model", "check", str(model), "--device", "cpu", "--json")
+    p = station("model", "check", str(model), "--device", "cpu", "--json", "--max-image-side", "56")
     assert p.returncode == 0, p.stderr
     (report,) = json_lines(p.stdout)
     assert report["ok"] is True and report["quantisation"]["is_4bit"] is True
