@@ -100,5 +100,6 @@ def check(args: argparse.Namespace, out: TextIO) -> int:
         "dry_run": judged,
         "vlm": "vlm" in judged,
         "curve": curve is not None,
+        "web": cfg.web.listen,  # the operator page's HOST:PORT, null when off
     }), file=out, flush=True)
     return 0
