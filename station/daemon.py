@@ -448,7 +448,7 @@ class StationDaemon:
         until = job.wall_ts + self.max_wait_s
         claim = job.claim
         if claim is not None and claim.done and claim.frame is not None:
-            return claim.frame, None  # captured while the part waited in the queue
+            return claim.frame, 0.0  # captured while the part waited in the queue
         if self.status.camera_up is False:
             # Known down: answer now instead of waiting a read timeout per queued part.
             return Frame(image=None, seq=-1,

@@ -321,10 +321,13 @@ class Journal:
                 os.posix_fallocate(fd, 0, self.reserve_bytes)
                 self.reserve_held = True
             except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    log.warning("journal: cannot preallocate the reserve: %s", exc)
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    # a file system that cannot preallocate: go on without a reserve
+                    log.warning("journal: no reserve (cannot preallocate: %s)", exc)
+                    self.reserve_bytes = 0
+                    return True
             finally:
                 os.close(fd)
             return self.reserve_held
