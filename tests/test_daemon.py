@@ -551,6 +551,28 @@ def test_live_stream_outage_through_the_daemon(tmp_path: Path, recipe: Path,
     print(f"\ncamera_down {t_down:.2f} s after the stream server stopped")
 
 
+def test_trigger_section_is_typed_and_checked(tmp_path: Path, recipe: Path) -> None:
+    """``trigger:`` (max_wait_ms, duplicate_window_h) goes through the typed loader: a value out
+    of range or an unknown key is a ConfigError naming the file and line."""
+    from pipeline.base.errors import ConfigError
+
+    cfg = write_config(tmp_path / "station.yaml", recipe=recipe, state_dir=tmp_path / "state")
+    data = json.loads(cfg.read_text())
+    assert load_config(cfg).trigger.max_wait_ms == 1000  # the default
+    for section, problem in [({"max_wait_ms": 250, "duplicate_window_h": 1}, None),
+                             ({"max_wait_ms": 0}, "max_wait_ms"),
+                             ({"duplicate_window_h": -1}, "duplicate_window_h"),
+                             ({"max_wait": 5}, "max_wait")]:
+        cfg.write_text(json.dumps({**data, "trigger": section}, indent=1) + "\n")
+        if problem is None:
+            t = load_config(cfg).trigger
+            assert (t.max_wait_ms, t.duplicate_window_h) == (250, 1)
+            continue
+        with pytest.raises(ConfigError) as err:
+            load_config(cfg)
+        assert f"{cfg}:" in str(err.value) and problem in str(err.value)
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_threads() -> Iterator[None]:
     before = set(threading.enumerate())
