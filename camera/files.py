@@ -131,7 +131,10 @@ class FilesCamera:
     def claim_frame(self, after_ts: float, until_ts: float) -> FrameClaim:
         """Keep the first frame played in ``[after_ts, until_ts]`` for the caller (a trigger
         that may wait in a queue): see :mod:`camera.claims`."""
-        return self._claims.claim(after_ts, until_ts)
+        claim = self._claims.claim(after_ts, until_ts)
+        if self._stop.is_set():
+            claim.end("camera closed")
+        return claim
 
     @property
     def is_up(self) -> bool:

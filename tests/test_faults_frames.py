@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from camera.files import FilesCamera
 from pipeline.inspector import Inspector
 from pipeline.recipe import Recipe
 from station.bench.events import StationClient, StationProcess, free_ports, write_config
@@ -83,6 +84,34 @@ def test_burst_of_12_triggers_each_judged_on_the_first_frame_after_its_trigger(
         assert shot - trig <= 0.5, r  # ... the first such frame, not the one at dequeue time
         assert r["verdict"] == "pass", r
     assert results[-1]["timings_ms"]["queue"] > 1500  # it waited, its frame did not
+
+
+def test_a_claim_gets_the_first_frame_after_its_trigger_not_the_newest(tmp_path: Path) -> None:
+    """FilesCamera playing numbered parts at 20 fps: claims made at different moments each get
+    the first frame played after them, even when taken long after newer frames came; a claim
+    whose window passes with no frame (the camera closed) ends without one."""
+    frames = write_part_frames(tmp_path / "frames", 40, seed=2, defect_every=0)
+    cam = FilesCamera(frames, fps=20)
+    cam.start()
+    try:
+        time.sleep(0.5)
+        claims = []
+        for _ in range(3):
+            now = time.time()
+            claims.append((now, cam.claim_frame(now, now + 1.0)))
+            time.sleep(0.3)
+        time.sleep(0.5)  # newer frames came meanwhile
+        newest = cam.read_latest(1.0)
+        got = [(t, c.wait(0.0)) for t, c in claims]
+        for t, f in got:
+            assert f is not None and t <= f.ts <= t + 0.5, (t, f and f.ts)
+        seqs = [f.seq for _, f in got if f is not None]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 3 and newest.seq > seqs[-1] + 3
+    finally:
+        cam.close()
+    now = time.time()
+    late = cam.claim_frame(now, now + 0.2)
+    assert late.wait(1.0) is None and late.done
 
 
 def _pump(c: StationClient, seconds: float, stream: list[tuple[str, dict[str, Any]]]) -> None:
