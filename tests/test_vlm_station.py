@@ -84,3 +84,25 @@ def test_run_stops_with_exit_78_and_one_line(tmp_path: Path, synthetic_recipe: R
     assert p.returncode == EXIT_CONFIG, (p.returncode, p.stderr[-2000:])
     last = p.stderr.strip().splitlines()[-1]
     assert expected in last.lower(), last
+
+
+@pytest.mark.vlm
+def test_warm_up_runs_on_the_recipes_own_layout(synthetic_recipe: Recipe,
+                                                tiny_model: Path) -> None:
+    from pipeline.judges.vlm import vlm_judge
+    from pipeline.vlm.settings import VlmSettings
+
+    settings = VlmSettings.from_mapping({"enabled": True, "backend": "transformers",
+                                         "device": "cpu", "model_dir": str(tiny_model)})
+    judge = vlm_judge(synthetic_recipe, vlm_settings=settings)
+    try:
+        model = judge.judge_model
+        # the warm-up ran on the recipe's layout: the one-pass plan (cached prefix of the
+        # golden, the grid's answer tree) exists before the first part
+        assert model.warmup_s is not None
+        assert model.counters["parts"] == 0
+        assert model.model_info["warmup_s"] == model.warmup_s
+        onepass = model._engine.onepass
+        assert onepass is not None and onepass.plan is not None
+    finally:
+        judge.close()

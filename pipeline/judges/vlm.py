@@ -9,6 +9,7 @@ itself (loading, prompts, scored/generate inference, time budget) lives in :mod:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,17 @@ class VlmPartJudge:
         result.raw_answer = result.details.get("raw")
         return result
 
+    def warm_up_for(self, recipe: Recipe) -> None:
+        """One warm-up inference on the recipe's real layout (the golden as the part), so the
+        one-pass plan — cached prefix, CUDA graph — is built at start-up, not at the first part.
+        ConfigError when it fails."""
+        transform = recipe.make_transform()
+        golden_metric = transform.metric_image(transform.distance(recipe.golden, None))
+        images = self.compose(golden=recipe.golden, aligned=recipe.golden,
+                              metric_image=golden_metric, golden_metric=golden_metric,
+                              grid=recipe.grid)
+        self.judge_model.warmup(images, columns=recipe.grid.columns, rows=recipe.grid.rows)
+
     def close(self) -> None:
         """Stop the model's worker."""
         self.judge_model.close()
@@ -100,4 +112,11 @@ def vlm_judge(recipe: Recipe, *, vlm_settings: VlmSettings | Mapping[str, Any] |
     """The VLM judge from ``vlm_settings`` (the effective settings: recipe ``vlm:`` + station
     config + command line; default: the recipe's own), model files cached under ``cache_dir``."""
     settings = effective_vlm_settings(recipe.settings) if vlm_settings is None else vlm_settings
-    return VlmPartJudge.from_settings(settings, cache_dir=cache_dir)
+    if not isinstance(settings, VlmSettings):
+        settings = VlmSettings.from_mapping(settings)
+    # warm up on the recipe's own layout below, not on the model's synthetic part
+    judge = VlmPartJudge.from_settings(dataclasses.replace(settings, warmup=False),
+                                       cache_dir=cache_dir)
+    if settings.warmup:
+        judge.warm_up_for(recipe)
+    return judge
