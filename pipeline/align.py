@@ -66,6 +66,10 @@ ECC_COARSE_EPS = 1e-4
 POLAR_ANGLES = 720  # angular samples over 360° in the Fourier–Mellin stage
 
 
+# key → (golden array, the Aligner's golden-side state): the last two goldens (read-only arrays)
+_GOLDEN_SIDE: dict[tuple, tuple[np.ndarray, dict]] = {}
+
+
 @dataclass
 class Alignment:
     """Result of :meth:`Aligner.align`.
@@ -194,6 +198,14 @@ class Aligner:
             raise ValueError(f"min_score must be in [-1, 1], not {min_score}")
         if max_shift_px < 0 or max_rotation_deg < 0:
             raise ValueError("max_shift_px and max_rotation_deg must be >= 0")
+        # The golden-side work is shared by Aligners of the same golden array and settings (a
+        # recipe build and the Inspector of that recipe each make one).
+        key = (id(golden), motion, float(min_score), float(max_shift_px), float(max_rotation_deg),
+               float(scale))
+        hit = _GOLDEN_SIDE.get(key)
+        if hit is not None and hit[0] is golden:
+            self.__dict__.update(hit[1])
+            return
         grey = np.ascontiguousarray(_to_grey(golden))
         h, w = grey.shape
         if min(h, w) < 32:
@@ -223,6 +235,9 @@ class Aligner:
         self._gold_coarse = gold_coarse
         self._init_coarse(gold_coarse.astype(np.float32))
         self._init_polish(self._gold_fine_f)
+        _GOLDEN_SIDE[key] = (golden, dict(self.__dict__))
+        while len(_GOLDEN_SIDE) > 2:
+            _GOLDEN_SIDE.pop(next(iter(_GOLDEN_SIDE)))
 
     # ----------------------------------------------------------------------------- golden side
 

@@ -327,7 +327,8 @@ def synth_good_frames(
       eroded/dilated image (a fractional edge move, as partial pixel coverage gives);
     * a sub-pixel shift uniform in ``±shift`` px on both axes (bilinear);
     * a gain uniform in ``1 ± gain``;
-    * Gaussian sensor noise of ``noise`` grey levels.
+    * Gaussian sensor noise of ``noise`` grey levels (each frame a differently placed crop of one
+      noise field drawn per call, slightly larger than the golden: one draw instead of ``n``).
 
     An 8-bit golden gives 8-bit frames (rounded, clipped: what a camera delivers); otherwise
     float64.  Grey or multi-channel goldens alike.
@@ -342,6 +343,12 @@ def synth_good_frames(
         shape = cv2.MORPH_CROSS if morph_shape == "cross" else cv2.MORPH_RECT
         kern = cv2.getStructuringElement(shape, (2 * morph + 1, 2 * morph + 1))
     base = golden.astype(np.float32)
+    pad = 16
+    bank = None
+    if noise > 0:
+        bank = rng.standard_normal(size=(h + 2 * pad, w + 2 * pad, *golden.shape[2:]),
+                                   dtype=np.float32)
+        bank *= np.float32(noise)
     for i in range(max(int(n), 1)):
         dx, dy = rng.uniform(-shift, shift, size=2) if shift > 0 else (0.0, 0.0)
         gn = rng.uniform(1.0 - gain, 1.0 + gain) if gain > 0 else 1.0
@@ -356,11 +363,9 @@ def synth_good_frames(
             warp = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], dtype=np.float64)
             img = cv2.warpAffine(img, warp, (w, h), flags=cv2.INTER_LINEAR, borderMode=_BORDER)
         img = img * np.float32(gn)
-        if noise > 0:
-            # float32 draws (seeded, deterministic): half the cost of float64 ones
-            noisy = rng.standard_normal(size=img.shape, dtype=np.float32)
-            noisy *= np.float32(noise)
-            img += noisy
+        if bank is not None:
+            oy, ox = (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))
+            img += bank[oy : oy + h, ox : ox + w]
         if golden.dtype == np.uint8:
             np.clip(img, 0, 255, out=img)
             yield np.rint(img, out=img).astype(np.uint8)
