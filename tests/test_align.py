@@ -5,10 +5,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from support.deeppcb import DEEPPCB
 
 from camera.synth.chart import pin_chart
 from pipeline.align import Aligner, Alignment
+
+from support.deeppcb import DEEPPCB
 
 W, H = 640, 512
 TOL_PX = 0.5  # accuracy target at full resolution

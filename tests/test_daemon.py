@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.stream import FFMPEG, MjpegServer
 
 from camera.synthetic import LineSpec, SyntheticCamera
 from pipeline.inspector import Inspector
@@ -31,6 +30,8 @@ from station.daemon import StationDaemon
 from station.demo.line import write_part_frames
 from station.journal import decode_line
 from station.notify import Notifier
+
+from support.stream import FFMPEG, MjpegServer
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.deeppcb import REPO, write_subset
 
 from pipeline.grid import AddressGrid
+
+from support.deeppcb import REPO, write_subset
 
 spec = importlib.util.spec_from_file_location("deeppcb_logo", REPO / "scripts" / "deeppcb_logo.py")
 assert spec is not None and spec.loader is not None

@@ -24,7 +24,8 @@ import pytest
 from pipeline.recipe import Recipe
 from station.bench.events import StationClient, StationProcess, write_config
 from station.demo.line import write_part_frames
-from tests.support.faults import journal_lines, with_sections
+
+from support.faults import journal_lines, with_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +102,8 @@ def test_full_disk_degrades_recovers_and_survives_kill_9(
     cfg = with_sections(
         write_config(tmp_path / "station.yaml", recipe=synthetic_recipe.folder, state_dir=state,
                      camera=frames, fps=30, loop=True, recording_dir=rec, heartbeat_s=0.5),
-        events={"journal_segment_mb": 1, "journal_max_mb": 8})
+        events={"journal_segment_mb": 1, "journal_max_mb": 8},
+        recording={"max_bytes": 4e6})  # recordings stay small: the filler decides what is free
     filler = small_fs / "filler"
     with StationProcess(cfg, state) as st, StationClient(st.endpoints) as c:
         c.wait_live()
@@ -125,7 +127,8 @@ def test_full_disk_degrades_recovers_and_survives_kill_9(
         # 3. space comes back: the station resumes by itself, no restart
         filler.unlink()
         assert line.run(20, lambda ln: ln.seen("insp.status", state="ready",
-                                               reason="disk space available again"))
+                                               reason="disk space available again")), [
+            (ev["state"], ev["reason"]) for ev in line.seen("insp.status")]
         n_before = len(line.seen("insp.result."))
         assert line.run(20, lambda ln: len(ln.seen("insp.result.pass")) > 0
                         and len(ln.seen("insp.result.")) > n_before + 3)

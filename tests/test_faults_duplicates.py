@@ -12,7 +12,8 @@ import pytest
 from pipeline.recipe import Recipe
 from station.bench.events import StationClient, StationProcess, write_config
 from station.demo.line import write_part_frames
-from tests.support.faults import journal_lines
+
+from support.faults import journal_lines
 
 
 @pytest.fixture(scope="module")

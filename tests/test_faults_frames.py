@@ -24,8 +24,9 @@ from station.build import build_daemon
 from station.config import load_config
 from station.demo.line import write_part_frames
 from station.events import parse_iso
-from tests.support.faults import with_sections
-from tests.support.stream import MjpegServer, needs_ffmpeg
+
+from support.faults import with_sections
+from support.stream import MjpegServer, needs_ffmpeg
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from station.bench.events import StationClient, StationProcess, write_config
 from station.demo.line import write_part_frames
 from station.events import EventPublisher
 from station.journal import Journal
-from tests.support.faults import rss_bytes
+
+from support.faults import rss_bytes
 
 MB = 1024 * 1024
 

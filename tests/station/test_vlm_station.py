@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from support.cli import station
 
 from pipeline.base.errors import EXIT_CONFIG
 from pipeline.recipe import Recipe
+
+from support.cli import station
 
 pytest.importorskip("bitsandbytes", reason="the VLM extra is installed by tests/run.sh")
 

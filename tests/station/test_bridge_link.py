@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import zmq
 import zmq.auth
-from support.bridge_peers import ScriptedStation
 
 from station.bridges.link import LinkSettings, StationLink
 from station.client import CurveKeys
+
+from support.bridge_peers import ScriptedStation
 
 
 @pytest.fixture()

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import station
 
 from camera.synth import LineSpec, write_line
 from station.bench.events import write_config
 from station.cmd_bench import flatten
+
+from support.cli import station
 
 
 def json_lines(stdout: str) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from station.bench.events import StationProcess, write_config
 from station.demo.line import build_demo_recipe, write_part_frames
 from station.watch import Watcher, derive_catchup
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_helpers() -> None:

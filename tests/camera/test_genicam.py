@@ -18,11 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from support.cli import station
 
 from camera.registry import parse_camera
 from pipeline.base.errors import ConfigError
 from pipeline.base.yamlconf import load_yaml
+
+from support.cli import station
 
 FAKE_GV = shutil.which("arv-fake-gv-camera-0.8")
 try:

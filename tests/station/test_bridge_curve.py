@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import zmq.auth
-from support.bridge_peers import Plc, Proc, bridge
 
 from pipeline.recipe import Recipe
 from station.bench.events import free_ports, write_config
 from station.bridges import registers as R
+
+from support.bridge_peers import Plc, Proc, bridge
 
 pytest.importorskip("pymodbus.client", reason="the bridges extra is not installed "
                                               "(tests/run.sh installs it)")

@@ -10,12 +10,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.cli import station
-from support.files import write
 
 from camera.synth import LineSpec, write_line
 from pipeline.base.errors import EXIT_CONFIG
 from pipeline.recipe import Recipe
+
+from support.cli import station
+from support.files import write
 
 SPEC = LineSpec(size=(320, 240))
 

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.bridge_peers import DemoStation, Plc, ScriptedStation, bridge
 
 from station.bench.events import free_ports
 from station.bridges import registers as R
 from station.bridges.link import LinkSettings, PartResult, StationLink
 from station.client import Event, EventSubscriber
+
+from support.bridge_peers import DemoStation, Plc, ScriptedStation, bridge
 
 pytest.importorskip("pymodbus.client", reason="the bridges extra is not installed "
                                               "(tests/run.sh installs it)")

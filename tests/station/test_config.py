@@ -7,13 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.cli import station
-from support.files import write
 
 from pipeline.base.errors import EXIT_CONFIG, ConfigError
 from pipeline.recipe import Recipe, seal_recipe
 from pipeline.vlm.settings import effective_vlm_settings
 from station.config import load_config
+
+from support.cli import station
+from support.files import write
 
 
 @pytest.fixture()

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support.cli import station
 
 from pipeline.recipe import Recipe
+
+from support.cli import station
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import pytest
 from station.config import load_config
 from station.notify import Notifier
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "inspection-station.service"
 INSTALL = ROOT / "deploy" / "install.sh"
 EXAMPLE = ROOT / "deploy" / "station.example.yaml"

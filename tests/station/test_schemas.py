@@ -23,7 +23,7 @@ from pipeline.recipe import Recipe
 from station.bench.events import StationProcess, write_config
 from station.requests import StationRequests, TriggerQueue
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 
 
 def _registry() -> tuple[Registry, dict[str, dict[str, Any]]]:

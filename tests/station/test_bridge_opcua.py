@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.bridge_peers import DemoStation, bridge
 
 from station.bench.events import free_ports
 from station.client import Event, EventSubscriber
+
+from support.bridge_peers import DemoStation, bridge
 
 asyncua = pytest.importorskip("asyncua", reason="the bridges extra is not installed "
                                                 "(tests/run.sh installs it)")

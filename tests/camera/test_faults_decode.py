@@ -17,7 +17,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from support.stream import FFMPEG
 
 from camera.files import FilesCamera
 from camera.live import LiveCamera
@@ -25,6 +24,8 @@ from camera.replay import ImageFolderSource, VideoFileSource
 from pipeline.base.imageio import FrameReadError, decode_image, read_image
 from station.bench.events import StationClient, StationProcess, write_config
 from station.demo.line import write_part_frames
+
+from support.stream import FFMPEG
 
 FRACTIONS = (0.80, 0.83, 0.86, 0.89, 0.92, 0.95)
 

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.bridge_peers import DemoStation, Mosquitto, bridge
 
 from station.client import CatchupClient, TriggerClient
+
+from support.bridge_peers import DemoStation, Mosquitto, bridge
 
 mqtt = pytest.importorskip("paho.mqtt.client", reason="the bridges extra is not installed "
                                                       "(tests/run.sh installs it)")

@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator
 import cv2
 import numpy as np
 import pytest
-from support.stream import MjpegServer, needs_ffmpeg
-from support.video import write_mjpeg_avi
 
 from camera.live import LiveCamera, classify_source, mask_credentials
 from station.bench.events import free_ports
+
+from support.stream import MjpegServer, needs_ffmpeg
+from support.video import write_mjpeg_avi
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support.files import write
 
 from pipeline.base.errors import ConfigError
 from pipeline.base.yamlconf import (
@@ -16,6 +15,8 @@ from pipeline.base.yamlconf import (
     load_yaml,
     merge_overrides,
 )
+
+from support.files import write
 
 
 @dataclass(frozen=True)

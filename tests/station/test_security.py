@@ -22,14 +22,15 @@ from typing import Any
 import psutil
 import pytest
 import zmq
-from support.cli import station
 
 from pipeline.recipe import Recipe
 from station.bench.events import StationProcess, write_config
 from station.client import CurveKeys, EventSubscriber, TriggerClient
 from station.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+from support.cli import station
+
+ROOT = Path(__file__).resolve().parents[2]
 NO_ANSWER_S = 2.0
 
 

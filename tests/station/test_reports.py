@@ -12,8 +12,6 @@ from pathlib import Path
 
 import cv2
 import pytest
-from support.cli import station
-from support.deeppcb import DEEPPCB, write_subset
 
 from camera.replay import ManifestSource
 from pipeline.inspector import Inspector
@@ -21,6 +19,9 @@ from pipeline.recipe import Recipe
 from station.recorder import Recorder
 from station.replay_runner import replay
 from station.report import ReportBuilder
+
+from support.cli import station
+from support.deeppcb import DEEPPCB, write_subset
 
 
 def assert_self_contained(html: str) -> None:

@@ -9,8 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from support.deeppcb import DEEPPCB
-from support.video import write_mjpeg_avi
 
 from camera.deeppcb import DeepPcbSource, parse_boxes
 from camera.replay import (
@@ -23,6 +21,9 @@ from camera.replay import (
     open_replay_source,
     read_image,
 )
+
+from support.deeppcb import DEEPPCB
+from support.video import write_mjpeg_avi
 
 
 def _png(path: Path, img: np.ndarray) -> Path:

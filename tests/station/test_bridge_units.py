@@ -13,7 +13,7 @@ import zmq.auth
 
 from station.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("modbus", "opcua", "mqtt")
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from support.cli import station
 
 from pipeline.base.errors import ConfigError
 from pipeline.recipe import Recipe, seal_recipe
 from station.bench.events import write_config
+
+from support.cli import station
 
 
 @pytest.fixture(scope="module")

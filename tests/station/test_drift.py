@@ -31,8 +31,9 @@ from station.cli import main as cli_main
 from station.demo.line import build_demo_recipe
 from station.drift import RecipeWatch
 from station.recipe_versions import RecipeVersions
-from tests.support.cli import station
-from tests.support.faults import with_sections
+
+from support.cli import station
+from support.faults import with_sections
 
 SPEC = LineSpec(size=(320, 240), jitter_px=3, jitter_deg=0.5, gain_drift=0.03, offset_drift=3,
                 color=False)
