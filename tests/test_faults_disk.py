@@ -9,7 +9,6 @@ skipped and says why.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -32,12 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 24 MiB tmpfs mounted at ``tmp_path/fs`` for the test."""
+    """A 64 MiB tmpfs mounted at ``tmp_path/fs`` for the test."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small file system needs root (the suite runs as root in CI)")
     mnt = tmp_path / "fs"
     mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(mnt)],
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs", str(mnt)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (no CAP_SYS_ADMIN?): {proc.stderr.strip()}")
@@ -53,12 +52,20 @@ def _free(path: Path) -> int:
 
 
 def _fill(filler: Path, leave: int) -> None:
-    """Grow ``filler`` until only about ``leave`` bytes are free on its file system."""
+    """Grow ``filler`` until only about ``leave`` bytes are free on its file system (the station
+    writes meanwhile: what is free moves, so allocate in shrinking steps)."""
     with open(filler, "ab") as f:
-        size = f.seek(0, os.SEEK_END)
-        want = size + max(0, _free(filler.parent) - leave)
-        with contextlib.suppress(OSError):  # allocate what can be had
-            os.posix_fallocate(f.fileno(), 0, want)
+        for _ in range(1000):
+            want = _free(filler.parent) - leave
+            if want < 4096:
+                return
+            size = f.seek(0, os.SEEK_END)
+            while want >= 4096:
+                try:
+                    os.posix_fallocate(f.fileno(), size, want)
+                    break
+                except OSError:
+                    want //= 2
 
 
 class _Line:
@@ -102,8 +109,7 @@ def test_full_disk_degrades_recovers_and_survives_kill_9(
     cfg = with_sections(
         write_config(tmp_path / "station.yaml", recipe=synthetic_recipe.folder, state_dir=state,
                      camera=frames, fps=30, loop=True, recording_dir=rec, heartbeat_s=0.5),
-        events={"journal_segment_mb": 1, "journal_max_mb": 8},
-        recording={"max_bytes": 4e6})  # recordings stay small: the filler decides what is free
+        events={"journal_segment_mb": 1, "journal_max_mb": 8})
     filler = small_fs / "filler"
     with StationProcess(cfg, state) as st, StationClient(st.endpoints) as c:
         c.wait_live()
