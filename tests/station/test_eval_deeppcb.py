@@ -20,10 +20,11 @@ from support.deeppcb import write_subset
 
 @pytest.mark.slow
 def test_deeppcb_subset_meets_the_line_numbers(tmp_path: Path) -> None:
-    """The line numbers (F1 ≥ 0.90 with box recall ≥ 0.95) hold on the subset.
+    """The design's DeepPCB numbers (F1 ≥ 0.96 with box recall ≥ 0.97) hold on the subset.
 
-    Measured when the subset was chosen (2026-12-01): cell precision 0.915, box recall 0.967
-    (87 of 90 boxes), F1 0.940, no errors.  An error (a blank template, a pair that does not
+    Measured with the DeepPCB default (the variation judge, 2026-12-01): cell precision 0.992,
+    box recall 0.989 (89 of 90 boxes), F1 0.990, no errors (the metric judge alone: 0.915 /
+    0.967 / 0.940).  An error (a blank template, a pair that does not
     align) would count its boxes as missed.
     """
     data = write_subset(tmp_path / "deeppcb", per_group=2)
@@ -36,8 +37,8 @@ def test_deeppcb_subset_meets_the_line_numbers(tmp_path: Path) -> None:
     assert report == summary
     assert summary["parts"] == 14
     assert summary["errors"] == 0, summary["error_reasons"]
-    assert summary["box_recall"] >= 0.95, summary
-    assert summary["f1"] >= 0.90, summary
+    assert summary["box_recall"] >= 0.97, summary
+    assert summary["f1"] >= 0.96, summary
     b = summary["boxes"]
     assert b["boxes"] == 90  # every box of the subset's index is scored, judged or not
     assert abs(summary["cell_precision"] - b["tp_cells"] / b["flagged"]) < 1e-3
