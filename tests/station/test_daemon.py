@@ -289,7 +289,7 @@ def test_bad_recipe_exits_78_after_announcing_stopping(tmp_path: Path, recipe: P
     (bad / "golden.png").unlink()
     state = tmp_path / "state"
     cfg = write_config(tmp_path / "station.yaml", recipe=bad, state_dir=state, camera=frames)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run([sys.executable, "-m", "station.cli", "run", "-c", str(cfg)],
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 78, proc.stderr

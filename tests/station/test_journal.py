@@ -15,7 +15,7 @@ import pytest
 
 from station.journal import Journal, JournalLocked, decode_line, encode_line
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ev(seq: int, **kw: object) -> str:

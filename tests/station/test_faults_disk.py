@@ -26,7 +26,7 @@ from station.demo.line import write_part_frames
 
 from support.faults import journal_lines, with_sections
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from camera.recording import RecordingSource, is_recording_dir
 from station.recorder import INDEX_NAME, STAGING_NAME, Recorder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Clock:
