@@ -4,7 +4,11 @@ Shared stages, computed once per part: validate the frame → align to the golde
 normalisation) → NSOARTC distance ``D`` → cell scores → metric image.  Then the judges the
 Inspector was given run in order on one :class:`~pipeline.judges.base.JudgeContext` (each timed as
 ``timings_ms[<judge name>]``), the decision policy combines their results, and the overlay marks
-the defects of the final decision.  Anything that goes wrong gives an ``error`` result with a
+the defects of the final decision.  A recipe without a unit space (its judges, the variation
+judge only, use no NSOARTC distance: ``recipe.has_metric`` False) skips ``D`` and the NSOARTC cell
+scores; its result carries the variation judge's cell scores, and its metric image is the
+variation judge's filtered deviation map (``255 · clip(z / 2k, 0, 1)``: the judge's threshold
+``k`` is mid-grey).  Anything that goes wrong gives an ``error`` result with a
 reason; nothing that could not be judged is ever reported ``pass``.
 
 An Inspector has one recipe.  Judging frames against goldens of their own (manifest rows, DeepPCB
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from pipeline.align import MAX_SIZE_MISMATCH
@@ -29,7 +34,7 @@ from pipeline.judges.base import Judge, JudgeContext
 from pipeline.judges.selection import judges_for
 from pipeline.nsoartc import NsoartcTransform
 from pipeline.overlay import draw_overlay
-from pipeline.recipe import Recipe, to_channels
+from pipeline.recipe import Recipe, needs_unit_space, to_channels
 from pipeline.verdicts import Defect, JudgeResult, Verdict
 
 log = logging.getLogger(__name__)
@@ -90,11 +95,15 @@ class Inspector:
         if len(set(names)) != len(names):
             raise ValueError(f"judge names must be unique, got {names}")
         self.policy = validate_policy(policy, names)
+        if not recipe.has_metric and needs_unit_space(names):
+            raise ValueError(f"recipe {recipe.settings.name!r} has no unit space (built for judges "
+                             f"{recipe.settings.judges}); judges {names} need one: rebuild it "
+                             "with them listed")
         self.recipe = recipe
         self.judges: list[Judge] = list(judges)
         self.aligner = recipe.make_aligner()
         self.photometric = recipe.make_photometric()
-        self.transform = recipe.make_transform()
+        self.transform = recipe.make_transform() if recipe.has_metric else None
         self.cell_scorer = recipe.make_cell_scorer()
         self.thresholds = _checked_thresholds(recipe.settings.thresholds)
         self._golden_metric: np.ndarray | None = None
@@ -110,6 +119,8 @@ class Inspector:
         """Metric image of the golden itself (the "passed" DST image shown to the VLM); computed
         on first use."""
         if self._golden_metric is None:
+            if self.transform is None:
+                raise RuntimeError("a recipe without a unit space has no golden metric image")
             d = self.transform.distance(self.recipe.golden, None)
             self._golden_metric = self.transform.metric_image(d)
         return self._golden_metric
@@ -123,7 +134,8 @@ class Inspector:
                 or recipe.grid.cells != self.recipe.grid.cells):
             raise ValueError("use_recipe takes a version of the same recipe (golden size, grid)")
         thresholds = _checked_thresholds(recipe.settings.thresholds)
-        transform = recipe.make_transform() if transform is None else transform
+        if transform is None and recipe.has_metric:
+            transform = recipe.make_transform()
         self.recipe, self.transform, self.thresholds = recipe, transform, thresholds
         self._golden_metric = None
 
@@ -213,18 +225,23 @@ class Inspector:
             timings["align"] = (time.perf_counter() - t) * 1000
         images["aligned"] = aligned
 
-        t = time.perf_counter()
-        d = self.transform.distance(aligned, valid)
-        timings["nsoartc"] = (time.perf_counter() - t) * 1000
+        d: np.ndarray | None = None
+        scores: dict[str, float] | None = None
+        metric_image: np.ndarray | None = None
+        overlay_ms = 0.0
+        if self.transform is not None:
+            t = time.perf_counter()
+            d = self.transform.distance(aligned, valid)
+            timings["nsoartc"] = (time.perf_counter() - t) * 1000
 
-        t = time.perf_counter()
-        scores = self.cell_scorer.attribute(d, self.cell_scorer(d), self.thresholds)
-        timings["cells"] = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()
+            scores = self.cell_scorer.attribute(d, self.cell_scorer(d), self.thresholds)
+            timings["cells"] = (time.perf_counter() - t) * 1000
 
-        t = time.perf_counter()
-        metric_image = self.transform.metric_image(d)
-        overlay_ms = (time.perf_counter() - t) * 1000
-        images["metric"] = metric_image
+            t = time.perf_counter()
+            metric_image = self.transform.metric_image(d)
+            overlay_ms = (time.perf_counter() - t) * 1000
+            images["metric"] = metric_image
 
         ctx = JudgeContext(
             part_id=part_id, recipe=recipe, frame=frame, aligned=aligned, valid=valid,
@@ -239,6 +256,10 @@ class Inspector:
             timings[judge.name] = (time.perf_counter() - t) * 1000
 
         verdict, reason, defects = decide(self.policy, judges)
+        if scores is None:
+            scores, metric = _variation_figures(judges, ctx)
+            if metric is not None:
+                images["metric"] = metric
 
         t = time.perf_counter()
         images["overlay"] = draw_overlay(aligned, recipe.grid,
@@ -275,6 +296,20 @@ class Inspector:
             return JudgeResult(judge.name, Verdict.ERROR,
                                reason=f"judge_failed: returned {type(result).__name__}")
         return result
+
+
+def _variation_figures(judges: dict[str, JudgeResult],
+                       ctx: JudgeContext) -> tuple[dict[str, float], np.ndarray | None]:
+    """Cell scores and metric image of a part judged without a unit space: the variation
+    judge's (empty / None when it gave none, e.g. an ``error``)."""
+    result = judges.get("variation")
+    cells = (result.details or {}).get("cells") if result is not None else None
+    scores = {a: float(s) for a, s in cells.items()} if isinstance(cells, dict) else {}
+    zf = ctx.maps.get("variation")
+    if zf is None:
+        return scores, None
+    k = float(result.details.get("k") or 1.0) if result is not None and result.details else 1.0
+    return scores, cv2.convertScaleAbs(zf, alpha=127.5 / max(k, 1e-6))
 
 
 def _checked_thresholds(thresholds: dict[str, float]) -> dict[str, float]:

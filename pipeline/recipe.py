@@ -59,6 +59,23 @@ GOLDEN_FILE = "golden.png"
 UNIT_SPACE_FILE = "unitspace.npz"
 SEAL_FILE = "recipe.sha256"
 _CONTENT_FILES = (RECIPE_FILE, GOLDEN_FILE, UNIT_SPACE_FILE)
+# Judges that use neither the NSOARTC distance D nor the metric thresholds: a recipe whose judges
+# are all of these has no unit space (build_recipe skips the fit and the calibration).
+NO_DISTANCE_JUDGES: frozenset[str] = frozenset({"variation"})
+
+
+def needs_unit_space(judges: Sequence[str]) -> bool:
+    """Whether a recipe with these judges needs the NSOARTC unit space and metric thresholds
+    (any judge other than the variation judge: ``metric``, ``vlm`` (golden metric image), a
+    plug-in that may read ``D``)."""
+    return not judges or not set(judges) <= NO_DISTANCE_JUDGES
+
+
+def _content_files(folder: Path) -> tuple[str, ...]:
+    """The recipe files the content hash covers: the unit space only where the folder has one
+    (a variation-only recipe has none; deleting a metric recipe's changes the hash)."""
+    return tuple(n for n in _CONTENT_FILES
+                 if n != UNIT_SPACE_FILE or (folder / n).exists())
 
 
 @dataclass(frozen=True)
@@ -167,7 +184,7 @@ class RecipeSettings:
 
 def _recipe_hash(folder: Path) -> str:
     h = hashlib.sha256()
-    for name in _CONTENT_FILES:
+    for name in _content_files(folder):
         h.update(name.encode())
         h.update((folder / name).read_bytes())
     return h.hexdigest()
@@ -183,7 +200,7 @@ def seal_recipe(folder: str | Path) -> str:
     except OSError as exc:
         raise ConfigError(f"cannot seal the recipe: {exc}", str(folder)) from None
     lines = [digest] + [f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}"
-                        for n in _CONTENT_FILES]
+                        for n in _content_files(folder)]
     write_bytes_atomic(folder / SEAL_FILE, ("\n".join(lines) + "\n").encode())
     return digest
 
@@ -249,7 +266,7 @@ class Recipe:
 
     settings: RecipeSettings
     golden: np.ndarray
-    unit_space: UnitSpace
+    unit_space: UnitSpace | None  # None: no listed judge uses D (see ``has_metric``)
     grid: AddressGrid
     folder: Path | None = None
     hash: str = ""
@@ -271,9 +288,19 @@ class Recipe:
         """The cell scorer of this recipe (grid, frame size, inset, statistic)."""
         return _cell_scorer(self.grid, self.golden.shape[:2], self.settings)
 
+    @property
+    def has_metric(self) -> bool:
+        """Whether the recipe has a unit space (NSOARTC distance, metric thresholds); False for
+        a recipe whose judges all do without (``built.unit_space`` says so)."""
+        return self.unit_space is not None
+
     def make_transform(self) -> NsoartcTransform:
-        """The NSOARTC transform for this recipe's golden and unit space."""
+        """The NSOARTC transform for this recipe's golden and unit space (ValueError for a
+        recipe without one)."""
         n = self.settings.nsoartc
+        if self.unit_space is None:
+            raise ValueError(f"recipe {self.settings.name!r} has no unit space (judges "
+                             f"{self.settings.judges}): it cannot compute the NSOARTC distance")
         return NsoartcTransform(
             to_channels(self.golden, n.channels),
             self.unit_space,
@@ -311,6 +338,8 @@ class Recipe:
         golden = to_channels(golden, settings.nsoartc.channels)
         _check_grid_inside(grid, golden.shape[:2], doc)
         us_path = folder / UNIT_SPACE_FILE
+        if not needs_unit_space(settings.judges) and not us_path.exists():
+            return cls(settings, golden, None, grid, folder, verify_seal(folder))
         try:
             unit_space = UnitSpace.load(us_path)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
@@ -328,9 +357,12 @@ class Recipe:
         if not ok:
             raise ValueError("cannot encode golden image")
         write_bytes_atomic(folder / GOLDEN_FILE, png.tobytes())
-        tmp = folder / (UNIT_SPACE_FILE + ".tmp.npz")
-        self.unit_space.save(tmp)
-        tmp.replace(folder / UNIT_SPACE_FILE)
+        if self.unit_space is not None:
+            tmp = folder / (UNIT_SPACE_FILE + ".tmp.npz")
+            self.unit_space.save(tmp)
+            tmp.replace(folder / UNIT_SPACE_FILE)
+        else:
+            (folder / UNIT_SPACE_FILE).unlink(missing_ok=True)
         data = asdict(self.settings)
         data["vlm"] = self.settings.vlm.to_data()  # the keys the recipe sets, as it set them
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
@@ -444,6 +476,11 @@ def build_recipe(
     fewer than ``unit_space.min_real`` real ones exist (DESIGN §3; with one golden only, all are
     synthesised).  Thresholds: each cell's largest score on good frames held out of the unit-space
     fit (synthesised ones when too few), times ``margin``, at least ``floor``.
+
+    A recipe whose judges need no NSOARTC distance (only ``variation``, see
+    :func:`needs_unit_space`) gets no unit space and no calibration: ``unit_space`` is None,
+    ``built.unit_space`` says why, and its per-cell thresholds are the variation judge's ``k``
+    (what reports divide its cell scores by).
     """
     if golden is None and not good_frames:
         raise ValueError("need at least one good frame or a golden image")
@@ -466,6 +503,47 @@ def build_recipe(
             aligned.append((photometric.apply(a.image, a.valid), a.valid))
         else:
             log.warning("good frame skipped: %s", a.reason)
+    if needs_unit_space(base.judges):
+        unit_space, thresholds, n_fit, n_cal_used = _fit_unit_space(golden, grid, aligned, base)
+        us_note = None
+    else:
+        unit_space, n_fit, n_cal_used = None, 0, 0
+        thresholds = dict.fromkeys(grid.cells, float(base.variation.k))
+        us_note = (f"none: judges {list(base.judges)} do not use the NSOARTC distance; "
+                   "thresholds are the variation judge's k")
+    built = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "good_frames": len(good_frames),
+        "aligned": len(aligned),
+        "fit_frames": n_fit,
+        "calibration_frames": n_cal_used,
+        "source": source,
+    }
+    if us_note is not None:
+        built["unit_space"] = us_note
+    final = RecipeSettings(
+        name=name if settings is None else base.name,
+        grid=grid.to_config(),
+        thresholds={k: round(float(v), 4) for k, v in thresholds.items()},
+        align=base.align,
+        nsoartc=base.nsoartc,
+        unit_space=base.unit_space,
+        cells=base.cells,
+        judges=list(base.judges),
+        variation=base.variation,
+        vlm=base.vlm if vlm is None else Overrides.from_mapping(
+            VlmSettings, vlm, "build_recipe(vlm=...)", key_path=("vlm",)),
+        built=built,
+    )
+    return Recipe(final, golden, unit_space, grid)
+
+
+def _fit_unit_space(golden: np.ndarray, grid: AddressGrid,
+                    aligned: list[tuple[np.ndarray, np.ndarray | None]],
+                    base: RecipeSettings) -> tuple[UnitSpace, dict[str, float], int, int]:
+    """The unit space fitted on ``aligned`` good frames (plus synthesised ones) and the per-cell
+    thresholds calibrated on held-out ones; also the numbers of fit and calibration frames."""
+    channels = base.nsoartc.channels
     # hold out a third of the real frames for threshold calibration (in-sample scores are too low)
     n_cal = len(aligned) // 3 if len(aligned) >= 6 else 0
     fit_frames, cal_frames = aligned[n_cal:], aligned[:n_cal]
@@ -504,26 +582,4 @@ def build_recipe(
                    for img, valid in zip(cal_images, cal_valid, strict=True)]
     thresholds = fit_thresholds(good_scores, margin=t.margin, floor=t.floor,
                                 per_cell=not t.pooled)
-    built = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "good_frames": len(good_frames),
-        "aligned": len(aligned),
-        "fit_frames": len(fit_frames),
-        "calibration_frames": len(cal_images),
-        "source": source,
-    }
-    final = RecipeSettings(
-        name=name if settings is None else base.name,
-        grid=grid.to_config(),
-        thresholds={k: round(float(v), 4) for k, v in thresholds.items()},
-        align=base.align,
-        nsoartc=base.nsoartc,
-        unit_space=base.unit_space,
-        cells=base.cells,
-        judges=list(base.judges),
-        variation=base.variation,
-        vlm=base.vlm if vlm is None else Overrides.from_mapping(
-            VlmSettings, vlm, "build_recipe(vlm=...)", key_path=("vlm",)),
-        built=built,
-    )
-    return Recipe(final, golden, unit_space, grid)
+    return unit_space, thresholds, len(fit_frames), len(cal_images)

@@ -2,10 +2,11 @@
 
 The same objects as ``station eval`` (:func:`station.cmd_eval.deeppcb_inspector`: the DeepPCB
 recipe settings, a recipe built once per golden, the real Inspector), timed pair by pair on one
-core: the recipe build of the pair's golden, the inspection itself (alignment, NSOARTC, cells,
-judges), and their sum; medians.  A reference measured in the same run (five 7×7 float box filters
-on a 640×640 frame, interleaved with the pairs) shows how loaded the machine was: compare ratios,
-not milliseconds, across machines.
+core: the recipe build of the pair's golden, the inspection itself (alignment, judges; NSOARTC and
+its cells only when the recipe has a unit space, i.e. a judge needs it), and their sum; medians.
+A reference measured in the same run (five 7×7 float box filters on a 640×640 frame, interleaved
+with the pairs) shows how loaded the machine was: compare ratios, not milliseconds, across
+machines.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/deeppcb_speed.py [--every 3] [--settings YAML]
 """
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                       "total": round(med(total), 1)},
         "reference_ms": round(med(ref), 2),
         "total_over_reference": round(med(total) / med(ref), 1),
+        "unit_space": switch.recipe.has_metric,
     }
     print(json.dumps(out))
     return 0

@@ -3,10 +3,11 @@
 Manifest rows and DeepPCB pairs may carry their own golden (``frame.meta["golden"]``).  The live
 Inspector has one recipe; replay and evaluation wrap it in a :class:`GoldenSwitch`, which builds
 a recipe ONCE per golden (the base recipe's settings and grid, a unit space synthesised from that
-golden, the base recipe's hash), keeps the Inspectors of the last ``cache_size`` goldens (LRU) and
-sends each frame to the right one.  The judges and the policy are the base Inspector's (the same
-objects: a VLM is loaded once).  A golden that cannot be read or used makes that part an
-``error`` (``golden_unreadable: …`` / ``golden_unusable: <path>: …``), never a pass.
+golden when a judge needs one (not for the variation judge alone), the base recipe's hash), keeps
+the Inspectors of the last ``cache_size`` goldens (LRU) and sends each frame to the right one.
+The judges and the policy are the base Inspector's (the same objects: a VLM is loaded once).  A
+golden that cannot be read or used makes that part an ``error`` (``golden_unreadable: …`` /
+``golden_unusable: <path>: …``), never a pass.
 """
 
 from __future__ import annotations

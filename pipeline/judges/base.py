@@ -5,7 +5,9 @@ A judge looks at one part and says ``pass``, ``defect`` (with addressed defects)
 decision policy, in ``timings_ms`` and in ``judges.<name>`` of events and reports) and
 ``judge(ctx) -> JudgeResult``.  The Inspector computes the shared stages once per part (validate,
 align, photometric normalisation, NSOARTC distance ``D``, cell scores, metric image) and hands
-them to every judge in a :class:`JudgeContext`; judges run in the configured order.  A judge must
+them to every judge in a :class:`JudgeContext` (a recipe without a unit space, whose judges need
+no ``D``, has ``distance``/``cell_scores``/``metric_image`` None); judges run in the configured
+order.  A judge must
 not raise for a bad part: it returns an ``error`` (or ``uncertain``) result with a reason (should
 one raise anyway, the Inspector turns the part into an ``error``; never a pass).
 Per-part recipe data (golden, grid, thresholds) comes from the context, not from the recipe the
@@ -62,14 +64,19 @@ class JudgeContext:
     frame: Frame
     aligned: np.ndarray  # aligned + photometrically normalised, in the recipe's channels
     valid: np.ndarray | None  # pixels the alignment covered (None: all)
-    distance: np.ndarray  # NSOARTC distance map D (float32, aligned image's size)
-    cell_scores: dict[str, float]  # address → cell score (D units, attribution applied)
-    metric_image: np.ndarray  # D rendered as the metric (DST) image, BGR uint8
+    # The NSOARTC stages: None for a recipe without a unit space (``recipe.has_metric`` False:
+    # its judges, the variation judge only, do not use them, so the Inspector skips them)
+    distance: np.ndarray | None  # NSOARTC distance map D (float32, aligned image's size)
+    cell_scores: dict[str, float] | None  # address → cell score (D units, attribution applied)
+    metric_image: np.ndarray | None  # D rendered as the metric (DST) image, uint8
     align_score: float
     grid: AddressGrid
     thresholds: Mapping[str, float]  # address → cell-score threshold of the recipe
     golden_metric_fn: Callable[[], np.ndarray] | None = field(default=None, repr=False)
     _golden_metric: np.ndarray | None = field(default=None, init=False, repr=False)
+    # images a judge leaves for the Inspector (the variation judge: its filtered deviation map
+    # under "variation", the metric image of a recipe without a unit space)
+    maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def golden(self) -> np.ndarray:

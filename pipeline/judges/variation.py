@@ -64,7 +64,8 @@ class VariationJudge:
             model = self.model_for(ctx.golden)
         except ValueError as exc:
             return JudgeResult(self.name, Verdict.ERROR, reason=f"variation_model: {exc}")
-        scores, _ = model.score(ctx.aligned, ctx.valid, ctx.grid)
+        scores, zf = model.score(ctx.aligned, ctx.valid, ctx.grid)
+        ctx.maps[self.name] = zf
         return self.judge_scores(scores)
 
     def judge_scores(self, scores: dict[str, float]) -> JudgeResult:
