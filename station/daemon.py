@@ -554,19 +554,23 @@ class StationDaemon:
         pub = self.publisher
         assert pub is not None
         part_id = str(payload.get("part_id"))
+
+        def resolve(event: dict[str, Any]) -> None:  # before the send: a retry sees the seq
+            self.part_ids.resolve(part_id, int(event["seq"]))
+
         try:
-            event = pub.publish_result(payload, frame=record_id, veto=self._veto_pass)
+            event = pub.publish_result(payload, frame=record_id, veto=self._veto_pass,
+                                       journaled=resolve)
         except JournalWriteError as exc:
             self._journal_failed(exc)
             short = {"part_id": part_id, "verdict": "error", "reason": "disk_full",
                      "trigger_ts": payload.get("trigger_ts"), "frame_ts": payload.get("frame_ts"),
                      "recipe": payload.get("recipe")}
             try:
-                event = pub.publish_result(short, frame=record_id)
+                event = pub.publish_result(short, frame=record_id, journaled=resolve)
             except Exception as again:
                 log.error("result of %s could not be journaled: %s", part_id, again)
                 return None
-        self.part_ids.resolve(part_id, int(event["seq"]))
         return event
 
     def _record(self, record_id: str, payload: dict[str, Any], frame: Frame,

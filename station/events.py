@@ -149,8 +149,13 @@ class EventPublisher:
         except Exception:  # a full or closed socket must not lose the journal entry's seq order
             self.send_errors += 1
 
-    def publish(self, topic: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Journal (fsync) and publish one seq'd event; returns the event as sent."""
+    def publish(self, topic: str, body: Mapping[str, Any], *,
+                journaled: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Journal (fsync) and publish one seq'd event; returns the event as sent.
+
+        ``journaled(event)`` runs after the journal append and before the send, under the lock:
+        whatever a subscriber may ask once it has the event (a duplicate's seq) is known by then.
+        """
         with self.lock:
             seq = self.journal.last_seq + 1
             event = self._header(seq)
@@ -160,16 +165,21 @@ class EventPublisher:
             clean = to_jsonable(event)
             text = json.dumps(clean, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
             self.journal.append(seq, topic, text)
+            if journaled is not None:
+                journaled(clean)
             self._emit(topic, text)
             return clean
 
     def publish_result(self, payload: Mapping[str, Any], *, frame: str | None = None,
-                       veto: Callable[[], str | None] | None = None) -> dict[str, Any]:
+                       veto: Callable[[], str | None] | None = None,
+                       journaled: Callable[[dict[str, Any]], None] | None = None,
+                       ) -> dict[str, Any]:
         """Publish an inspection result (``payload`` = ``InspectionResult.to_payload()``).
 
         ``veto`` is called under the publish lock; if it returns a reason, a ``pass`` is turned
         into ``error`` with that reason (e.g. the camera went down while the part was judged), so
-        no ``pass`` can follow a ``camera_down`` in the stream.
+        no ``pass`` can follow a ``camera_down`` in the stream.  ``journaled``: see
+        :meth:`publish`.
         """
         body = dict(payload)
         body.setdefault("part_id", None)
@@ -191,7 +201,7 @@ class EventPublisher:
                 if why:
                     body["verdict"] = verdict = "error"
                     body["reason"] = why
-            return self.publish(result_topic(verdict), body)
+            return self.publish(result_topic(verdict), body, journaled=journaled)
 
     def publish_status(self, state: str, reason: str | None = None,
                        **extra: Any) -> dict[str, Any]:
