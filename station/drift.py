@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.base.errors import ConfigError
 from pipeline.drift import (
     DriftMonitor,
     DriftSettings,
@@ -87,6 +88,11 @@ class RecipeWatch:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: Future[tuple[Recipe, NsoartcTransform, Photometry]] | None = None
         if settings.adapt and versions is not None:
+            if recipe.unit_space is None:
+                raise ConfigError(
+                    f"drift.adapt: the recipe {recipe.folder} has no NSOARTC unit space to adapt "
+                    f"(its judges are {list(recipe.settings.judges)}; rebuild it with the metric "
+                    "judge listed, or leave drift.adapt off)")
             n = recipe.settings.nsoartc
             mask = cell_window_mask(recipe.grid.cells.values(), recipe.golden.shape[:2],
                                     n.stride)

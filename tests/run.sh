@@ -42,4 +42,6 @@ echo "== ruff"
 echo "== pytest"
 # the package registries are reachable here: also test deploy/install.sh building its venv
 export STATION_TEST_INSTALL_VENV=${STATION_TEST_INSTALL_VENV:-1}
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# two workers (the CI machine has two cores); a test file stays on one worker (loadfile), so
+# tests that share a fixed resource (the fake GigE Vision camera's port) never overlap
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"

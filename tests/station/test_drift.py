@@ -412,3 +412,25 @@ def test_daemon_frames_of_another_size_are_one_status_and_one_error_text(
     assert (beat["state"], beat["reason"]) == ("degraded", "frame_size")
     assert beat["drift"]["frame_size"] == "256x192 (recipe 320x240)"
     assert status["reason"] == "frame_size" and status["model"]["errors_in_row"] == 0
+
+
+
+def test_adaptation_of_a_recipe_without_unit_space_is_a_config_error(line_recipe: Recipe,
+                                                                     tmp_path: Path) -> None:
+    """A variation-only recipe has no NSOARTC unit space: adapting it is refused (exit 78), not
+    a crash at the first update; monitoring alone still works."""
+    from pipeline.recipe import build_recipe
+
+    settings = replace(line_recipe.settings, judges=["variation"])
+    recipe = build_recipe([], line_recipe.grid.to_config(), golden=line_recipe.golden,
+                          settings=settings)
+    recipe.save(tmp_path / "recipe")
+    recipe = Recipe.load(tmp_path / "recipe")
+    assert recipe.unit_space is None
+    inspector = Inspector(recipe)
+    with pytest.raises(ConfigError, match="no NSOARTC unit space"):
+        RecipeWatch.for_station(DriftSettings(adapt=True), inspector, tmp_path / "state")
+    watch = RecipeWatch.for_station(DriftSettings(adapt=False), inspector, tmp_path / "state2")
+    frame, _ = DriftingLine(n=N_PARTS).part(0)
+    watch.observe(inspector.inspect(frame))
+    assert watch.updates == 0
