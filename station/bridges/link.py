@@ -11,6 +11,7 @@ inherits an earlier part's verdict.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -29,6 +30,14 @@ from station.client import CurveKeys, Event, EventSubscriber, Notice, TriggerCli
 log = logging.getLogger(__name__)
 
 SEEN_MAX = 100_000  # part ids remembered for duplicate refusal
+# socket monitor events of a handshake the station refused, and what each means here
+HANDSHAKE_FAILED_WHY = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "connection dropped",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol error",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "client key not authorized",
+}
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,7 @@ class StationLink:
         # the TCP connection to the station's PUB socket is gone (a killed station on this host
         # or a refused reconnect): not ready at once, before the 3 s heartbeat rule says so
         self.disconnected = False
+        self._hinted = False  # the "is it running, CURVE keys?" hint was logged (once)
 
     # ------------------------------------------------------------------------------ state
     @property
@@ -130,8 +140,16 @@ class StationLink:
 
     def start(self) -> StationLink:
         """Start the subscriber thread and the 1 Hz heartbeat counter."""
-        monitor = self.sub.socket.get_monitor_socket(
-            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        sock, pub = self.sub.socket, self.settings.endpoints.pub
+        monitor = sock.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | HANDSHAKE_FAILED)
+        # the subscriber connected when it was made, before this monitor existed: connect
+        # again so the monitor sees the whole connection (a handshake refused by then would go
+        # unseen, and libzmq does not retry one the station refused)
+        with contextlib.suppress(zmq.ZMQError):  # no connection to that endpoint (any more)
+            sock.disconnect(pub)
+        sock.connect(pub)
         self.sub.start(self._on_event, self._on_notice)
         self._watcher = threading.Thread(target=self._watch, args=(monitor,),
                                          name="bridge-connection", daemon=True)
@@ -149,12 +167,32 @@ class StationLink:
         self.sub.close()
 
     def _watch(self, monitor: zmq.Socket) -> None:
-        """Follow the SUB socket's TCP connection (its monitor socket, owned by this thread)."""
+        """Follow the SUB socket's TCP connection (its monitor socket, owned by this thread).
+
+        A connection counts as established once its ZMTP handshake succeeded: one the station
+        drops during the handshake (CURVE: an unlisted or missing client key) never does, and
+        is the reason for the CURVE hint."""
+        handshaking = False  # a TCP connection stands, its handshake has not succeeded yet
         try:
             while not self._stop.is_set():
                 if not monitor.poll(200):
                     continue
-                event = recv_monitor_message(monitor)["event"]
+                msg = recv_monitor_message(monitor)
+                event = msg["event"]
+                if event == zmq.EVENT_CONNECTED:
+                    handshaking = True
+                    continue
+                if event & HANDSHAKE_FAILED:
+                    handshaking = False
+                    self._hint(f"the station at {self.settings.endpoints.pub} failed the "
+                               f"handshake ({HANDSHAKE_FAILED_WHY.get(event, 'refused')})")
+                    continue
+                if event == zmq.EVENT_DISCONNECTED and handshaking:
+                    handshaking = False
+                    self._hint(f"the station at {self.settings.endpoints.pub} dropped the "
+                               "connection during the handshake")
+                elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    handshaking = False
                 lost = event == zmq.EVENT_DISCONNECTED
                 if lost != self.disconnected:
                     self.disconnected = lost
@@ -163,6 +201,17 @@ class StationLink:
                     self._changed()
         finally:
             monitor.close(linger=0)
+
+    def _hint(self, what: str) -> None:
+        """Say once why the station may never answer: not running there, or CURVE keys (the
+        station requires them, or does not list this bridge's public key)."""
+        with self._lock:
+            if self._hinted:
+                return
+            self._hinted = True
+        log.warning("%s: is it running there, and does it require CURVE keys "
+                    "(--client-key/--server-key; this bridge's public key listed in the "
+                    "station's clients folder)?", what)
 
     def _tick(self) -> None:
         """Count once a second while heartbeats arrive: a heartbeat newer than 1.5 intervals."""
@@ -186,9 +235,7 @@ class StationLink:
         log.log(logging.WARNING if n.kind in ("down", "lost", "gap") else logging.INFO,
                 "%s", n.message)
         if n.kind == "down" and self.sub.station is None:
-            log.warning("never heard from the station at %s: is it running there, and does it "
-                        "require CURVE keys (--client-key/--server-key)?",
-                        self.settings.endpoints.pub)
+            self._hint(f"never heard from the station at {self.settings.endpoints.pub}")
         if n.kind in ("down", "up", "connected", "restart"):
             if n.kind == "down":
                 self.state = None
