@@ -606,6 +606,12 @@ class GenicamCamera:
         handler = device.connect("control-lost", self._on_control_lost)
         stream = None
         try:
+            # A controller that died (killed, crashed) leaves the camera acquiring, streaming to
+            # its own dead port once its heartbeat runs out; a GigE Vision camera takes the
+            # stream destination when acquisition starts (Aravis's fake camera keeps the old
+            # one while acquisition runs), and most refuse settings during acquisition.
+            with contextlib.suppress(Exception):
+                cam.stop_acquisition()
             self._configure(cam)
             stream = self._open_stream(arv, cam)
             cam.start_acquisition()
@@ -632,12 +638,14 @@ class GenicamCamera:
     def _warm_up(self, cam: Any, stream: Any) -> None:
         """One frame fired and thrown away before the first part: Aravis sizes the stream's
         socket buffer only when a frame begins, so a new stream's first frame of a burst loses
-        packets (seen with every new connection to the fake GigE Vision camera)."""
+        packets (seen with every new connection to the fake GigE Vision camera).  No frame at all
+        within ``read_timeout``: the stream does not work, _Lost (re-opened with the back-off)."""
         with self._transfer("software trigger"):
             cam.software_trigger()
         buf = stream.timeout_pop_buffer(int(self.read_timeout * 1e6))
-        if buf is not None:
-            stream.push_buffer(buf)
+        if buf is None:  # the stream delivers nothing: not up, every part would be stale
+            raise _Lost(f"no frame within {self.read_timeout:g} s of the warm-up trigger")
+        stream.push_buffer(buf)
 
     def _on_control_lost(self, *_: object) -> None:
         """Aravis's heartbeat thread: the camera stopped answering."""
