@@ -28,7 +28,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import simplejpeg
 
 from pipeline.base.errors import SourceError
 from pipeline.base.frames import Frame
@@ -118,7 +117,15 @@ def decode_image(data: bytes | np.ndarray, where: str | Path) -> np.ndarray:
 
 
 def _decode_jpeg(buf: np.ndarray, where: str | Path) -> np.ndarray:
-    """libjpeg-turbo in strict mode: any warning (truncation, corrupt scan data) is an error."""
+    """libjpeg-turbo in strict mode: any warning (truncation, corrupt scan data) is an error.
+
+    ``simplejpeg`` is imported here, not with the module: a tool that never decodes a JPEG (the
+    GPU benchmarks carry only what they need) imports this module without it."""
+    try:
+        import simplejpeg
+    except ImportError:  # a dependency of the package: without it no JPEG is judged, never passed
+        raise FrameReadError("unreadable", where, "the strict JPEG decoder (simplejpeg) is not "
+                             "installed") from None
     try:
         _h, _w, colorspace, _sub = simplejpeg.decode_jpeg_header(buf)
         if colorspace == "Gray":
