@@ -68,6 +68,13 @@ def _fill(filler: Path, leave: int) -> None:
                     want //= 2
 
 
+def _refill(filler: Path) -> bool:
+    """Fill the file system again (a full disk stays full while the station deletes old
+    recordings to make room); always False, for use inside a wait condition."""
+    _fill(filler, 0)
+    return False
+
+
 class _Line:
     """Triggers parts every ``period`` s from a bridge-like client and records what comes back."""
 
@@ -124,9 +131,9 @@ def test_full_disk_degrades_recovers_and_survives_kill_9(
                                            for hb in ln.seen("insp.heartbeat")))
         assert line.seen("insp.status", state="degraded") == []  # the journal still writes
         # 2. nothing fits any more: degraded / disk_full, triggers refused, heartbeats go on
-        _fill(filler, 0)
-        assert line.run(30, lambda ln: ln.seen("insp.status", state="degraded",
-                                               reason="disk_full")), "no disk_full on the bus"
+        # the disk stays full: what the station frees (old recordings) is taken again at once
+        assert line.run(30, lambda ln: _refill(filler) or ln.seen(
+            "insp.status", state="degraded", reason="disk_full")), "no disk_full on the bus"
         assert line.run(5, lambda ln: len(_disk_full_beats(ln)) >= 3)
         assert line.acks[-1] == {"ok": False, "error": "unavailable", "reason": "disk_full"}
         assert c.status()["state"] == "degraded"
@@ -140,9 +147,8 @@ def test_full_disk_degrades_recovers_and_survives_kill_9(
                         and len(ln.seen("insp.result.")) > n_before + 3)
         assert line.acks[-1]["ok"] is True
         # 4. full again, then kill -9 in that state
-        _fill(filler, 0)
-        assert line.run(30, lambda ln: len(ln.seen("insp.status", state="degraded",
-                                                   reason="disk_full")) >= 2)
+        assert line.run(30, lambda ln: _refill(filler) or len(ln.seen(
+            "insp.status", state="degraded", reason="disk_full")) >= 2)
         st.signal(signal.SIGKILL)
         st.wait(10)
     seen = {ev["seq"]: ev for _, ev in line.stream if "seq" in ev}
