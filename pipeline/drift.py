@@ -4,8 +4,9 @@ versions on disk, rollback and the daemon wiring live in :mod:`station.drift`.
 
 * :class:`DriftMonitor` keeps the last ``window`` judged parts: per part the largest cell score
   over its threshold (``ratio``; 1.0 is a reject) and the part's gain/offset against the golden
-  (:func:`photometry`).  Its :meth:`~DriftMonitor.figure` is the rolling median of the ratio and
-  the median gain/offset drift against the photometry the recipe expects; ``drifting`` turns on
+  (:func:`photometry`).  Its :meth:`~DriftMonitor.figure` is the rolling median of the ratio
+  (over the parts the cells passed, so a run of defects is not read as drift) and the median
+  gain/offset drift against the photometry the recipe expects; ``drifting`` turns on
   when the median ratio reaches ``warn_ratio`` (or the photometry leaves its limits) — well
   before parts are rejected — and off again below ``clear_ratio`` (hysteresis).
 * :class:`UnitSpaceAdapter` learns only from parts passed with margin (every judge passed, every
@@ -185,14 +186,19 @@ class DriftMonitor:
 
     def figure(self) -> dict[str, Any]:
         """``{parts, ratio_median, ratio_p90, gain_drift, offset_drift, drifting}``: the rolling
-        median (and 90th percentile) of max(cell score / threshold), and the median gain
+        median of max(cell score / threshold) over the parts the cells passed (over all parts
+        when most were rejected), the 90th percentile over all parts, the median gain
         relative to the expected one minus 1 and the offset minus the expected one."""
         r = np.asarray(self.ratios, dtype=np.float64)
+        # drift moves the good parts' scores; a run of defects is not drift: the median is
+        # taken over the parts the cells passed while they are at least half of the window
+        good = r[r < 1.0]
+        central = good if 2 * good.size >= r.size else r
         gain = float(np.median(self.gains)) / self.expected.gain - 1.0 if self.gains else None
         off = float(np.median(self.offsets)) - self.expected.offset if self.offsets else None
         return {
             "parts": len(r),
-            "ratio_median": round(float(np.median(r)), 4) if r.size else 0.0,
+            "ratio_median": round(float(np.median(central)), 4) if central.size else 0.0,
             "ratio_p90": round(float(np.percentile(r, 90)), 4) if r.size else 0.0,
             "gain_drift": None if gain is None else round(gain, 4),
             "offset_drift": None if off is None else round(off, 3),

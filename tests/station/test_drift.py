@@ -22,7 +22,7 @@ import pytest
 from camera.synth import LineSpec, make_part, sample_defects
 from pipeline.base.errors import ConfigError
 from pipeline.base.frames import Frame
-from pipeline.drift import DriftSettings, UnitSpaceAdapter, _cov, _mahal, max_ratio
+from pipeline.drift import DriftMonitor, DriftSettings, UnitSpaceAdapter, _cov, _mahal, max_ratio
 from pipeline.inspector import Inspector
 from pipeline.nsoartc import UnitSpace
 from pipeline.recipe import Recipe
@@ -176,6 +176,26 @@ def _unit_space(rng: np.random.Generator, shape: tuple[int, int]) -> UnitSpace:
     feats = [(1 + 0.03 * rng.standard_normal(shape), 2 + 0.5 * rng.standard_normal(shape))
              for _ in range(30)]
     return UnitSpace.fit(feats)
+
+
+def test_a_run_of_defects_is_not_drift_but_good_parts_scoring_higher_are() -> None:
+    """Half of the first parts defective (a bad batch, or a trigger that happens to land on the
+    defective parts) leaves the good parts' median where it is: no ``recipe_drift``.  Good parts
+    creeping up to the warn ratio are drift, and a window of mostly rejects is told too."""
+    st = DriftSettings(window=20, min_parts=10)
+    burst = DriftMonitor(st)
+    for i in range(20):
+        burst.add(3.0 if i % 2 else 0.42 + 0.01 * (i % 3), None)
+        assert not burst.drifting
+    assert burst.figure()["ratio_median"] < 0.5 and burst.figure()["ratio_p90"] == 3.0
+    creeping = DriftMonitor(st)
+    changes = [creeping.add(0.5 + 0.025 * i if i % 4 else 3.0, None) for i in range(20)]
+    assert creeping.drifting and changes.count(True) == 1
+    assert creeping.figure()["ratio_median"] >= st.warn_ratio
+    scrap = DriftMonitor(st)
+    for _ in range(10):
+        scrap.add(1.4, None)
+    assert scrap.drifting and scrap.figure()["ratio_median"] == 1.4
 
 
 def test_unit_space_update_is_bounded_per_update_and_in_total() -> None:
