@@ -79,10 +79,11 @@ def build_daemon(config: StationConfig, *, camera: LiveSource | None = None,
 
 
 def start_page(config: StationConfig, daemon: StationDaemon) -> Callable[[], None]:
-    """Serve the operator page of ``config.web`` from this process once the daemon has bound
-    its sockets: its own thread and event loop, fed by a subscriber on the daemon's PUB socket
-    (never by the inspection thread); parts that are not recorded hand their images to an
-    in-memory ring.  A page that cannot listen is logged and the station goes on inspecting.
+    """Serve the operator page of ``config.web`` once the daemon has bound its sockets: a
+    process of its own (:mod:`station.web.process`, never sharing the inspection's GIL) that
+    follows the daemon's PUB socket; parts that are not recorded hand their images to an
+    in-memory ring the page process reads over a private socket pair.  A page that cannot
+    start or dies is logged (and started again) while the station goes on inspecting.
     Returns the function that stops the page."""
     from station.web.ring import ImageRing
 
@@ -91,7 +92,8 @@ def start_page(config: StationConfig, daemon: StationDaemon) -> Callable[[], Non
     holder: list = []
 
     def _start() -> None:
-        from station.web.server import WebServer, options_for_station
+        from station.web.process import PageProcess
+        from station.web.server import options_for_station
 
         while not stopped.is_set() and not daemon.stop_requested():
             eps = daemon.endpoints
@@ -101,23 +103,21 @@ def start_page(config: StationConfig, daemon: StationDaemon) -> Callable[[], Non
         else:
             return
         try:
-            server = WebServer(options_for_station(config, eps["pub"], eps["catchup"]),
-                               ring=daemon.images)
-            url = server.start()
+            page = PageProcess(options_for_station(config, eps["pub"], eps["catchup"]),
+                               daemon.images)
         except Exception as exc:  # the station goes on inspecting without its page
             log.error("operator page not served: %s", exc)
             return
-        holder.append(server)
-        log.info("operator page of %s: %s", daemon.station_id, url)
-        if stopped.is_set():
-            server.stop()
+        holder.append(page)
+        if not stopped.is_set():
+            page.start()
 
     threading.Thread(target=_start, name="web-start", daemon=True).start()
 
     def stop() -> None:
         stopped.set()
-        for server in holder:
-            server.stop()
+        for page in holder:
+            page.stop()
 
     return stop
 

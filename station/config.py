@@ -205,8 +205,8 @@ def listen_address(text: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class WebSection:
-    """The live operator page and ``/metrics`` (:mod:`station.web`), served from the station
-    process; off unless ``listen`` is given.  ``listen``: ``HOST:PORT`` (loopback unless an
+    """The live operator page and ``/metrics`` (:mod:`station.web`), served by a child process
+    of the station; off unless ``listen`` is given.  ``listen``: ``HOST:PORT`` (loopback unless an
     interface is named).  ``history``: results fetched from the journal when the page server
     starts (feed, counters, heat map).  ``image_ring``: overlays of the last parts kept in memory
     when they are not recorded; ``shifts``: local start times of the shifts (yield per shift).

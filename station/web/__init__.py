@@ -7,6 +7,9 @@
 * :mod:`station.web.metrics` — ``/metrics`` in the Prometheus text format.
 * :mod:`station.web.server` — the aiohttp server: the page, ``/api/…``, SSE, ``/metrics``; fed by
   an :class:`~station.client.EventSubscriber` (the station's own PUB + catch-up), never by the
-  inspection thread.  Runs in the station process (its own thread and event loop) or alone
-  (``station web``).
+  inspection thread.
+* :mod:`station.web.process` — the page as a child process of the station (lower priority,
+  supervised, ends with the station); ``station web`` runs the same server on its own.
+* :mod:`station.web.ring_link` — the station's in-memory images handed to that process over a
+  private socket pair.
 """

@@ -11,10 +11,19 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
 
 KINDS = ("overlay", "frame", "metric")
+
+
+class ImageSource(Protocol):
+    """Where the page server gets a part's image that is not recorded: the ring itself, or
+    the page process's link to the station's ring (:class:`station.web.ring_link.RemoteRing`)."""
+
+    def get(self, part_id: str, kind: str) -> np.ndarray | None:
+        """The image ``kind`` of ``part_id``, or None."""
 
 
 class ImageRing:

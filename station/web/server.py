@@ -2,10 +2,11 @@
 
 Fed by an :class:`~station.client.EventSubscriber` on the station's PUB socket (gaps filled from
 the catch-up socket; the last ``history`` results fetched from the journal at start), never by
-the inspection thread: in the station process it runs in a thread of its own with its own event
-loop (:meth:`WebServer.start`), and ``station web`` runs the same server as a separate process
-(:meth:`WebServer.serve`).  Images come from the recorder's folder (the event's ``frame``
-recording id) or from the station's in-memory :class:`~station.web.ring.ImageRing`.
+the inspection thread.  A station with ``web.listen`` runs it as a child process
+(:mod:`station.web.process`), ``station web`` as a process of its own (:meth:`WebServer.serve`);
+:meth:`WebServer.start` serves it from a thread (tests, embedding).  Images come from the
+recorder's folder (the event's ``frame`` recording id) or from the station's in-memory
+:class:`~station.web.ring.ImageRing` (through :mod:`station.web.ring_link` in the page process).
 
 Routes::
 
@@ -59,7 +60,7 @@ from station.config import listen_address
 from station.events import RESULT_PREFIX, TOPIC_HEARTBEAT, decode
 from station.web.live import VERDICTS, LiveState, summarize
 from station.web.metrics import CONTENT_TYPE, StationMetrics
-from station.web.ring import KINDS, ImageRing
+from station.web.ring import KINDS, ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class _Client:
 class WebServer:
     """The page server; see the module docstring."""
 
-    def __init__(self, options: WebOptions, *, ring: ImageRing | None = None) -> None:
+    def __init__(self, options: WebOptions, *, ring: ImageSource | None = None) -> None:
         self.options = options
         self.ring = ring
         self.host, self.port = listen_address(options.listen)
@@ -417,10 +418,10 @@ class WebServer:
         pending = self._img_pending.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
-        image = self.ring.get(part_id, kind) if self.ring is not None else None
-        if image is None and recorded is None:
+        if self.ring is None and recorded is None:
             return None
-        fut = asyncio.get_running_loop().run_in_executor(None, _encode, image, recorded, ext)
+        fut = asyncio.get_running_loop().run_in_executor(None, _fetch_and_encode, self.ring,
+                                                         part_id, kind, recorded, ext)
         self._img_pending[key] = fut
         try:
             body = await asyncio.shield(fut)
@@ -497,6 +498,14 @@ class WebServer:
         except (ClientError, zmq.ZMQError) as exc:
             log.warning("operator page catch-up %d..%d failed: %s", since + 1, upto, exc)
             return []
+
+
+def _fetch_and_encode(ring: ImageSource | None, part_id: str, kind: str, recorded: Path | None,
+                      ext: str) -> bytes | None:
+    """The ring's image of the part (asked for off the event loop: the station's ring is in
+    another process), else the recorded PNG, encoded."""
+    image = ring.get(part_id, kind) if ring is not None else None
+    return _encode(image, recorded, ext)
 
 
 def _encode(image: np.ndarray | None, recorded: Path | None, ext: str) -> bytes | None:

@@ -4,6 +4,7 @@ the in-memory image ring on a real aiohttp server; hostile requests."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,12 +99,15 @@ def check_hostile(base: str) -> None:
         assert b"Traceback" not in body and b"root:" not in body, path
 
 
-@pytest.fixture()
-def station(tmp_path: Path, synthetic_recipe: Recipe) -> Iterator[tuple[StationProcess, str]]:
-    """A station process (synthetic line, recording on) serving its page on a free port."""
-    assert synthetic_recipe.folder is not None
-    cfg_path = write_config(tmp_path / "station.yaml", recipe=synthetic_recipe.folder,
-                            state_dir=tmp_path / "state", recording_dir=tmp_path / "rec",
+@contextlib.contextmanager
+def page_station(tmp_path: Path, recipe: Recipe, *, recording: bool = True
+                 ) -> Iterator[tuple[StationProcess, str]]:
+    """A station process (synthetic line) serving its page on a free port, once the page says
+    ready; with ``recording`` off the page's images come from the station's in-memory ring."""
+    assert recipe.folder is not None
+    cfg_path = write_config(tmp_path / "station.yaml", recipe=recipe.folder,
+                            state_dir=tmp_path / "state",
+                            recording_dir=tmp_path / "rec" if recording else None,
                             station_id="web-st1")
     cfg = json.loads(cfg_path.read_text())
     port = free_ports(1)[0]
@@ -110,17 +115,28 @@ def station(tmp_path: Path, synthetic_recipe: Recipe) -> Iterator[tuple[StationP
     cfg_path.write_text(json.dumps(cfg))
     with StationProcess(cfg_path, tmp_path / "state") as proc:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # the page starts beside the station
-            try:
-                if json.loads(get(base + "/api/status")[1]).get("ready"):
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail("the operator page did not say ready")
+        wait_page_ready(base)
         yield proc, base
+
+
+def wait_page_ready(base: str, timeout: float = 20.0) -> None:
+    """Wait until the page at ``base`` says its station is ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # the page starts beside the station
+        try:
+            if json.loads(get(base + "/api/status")[1]).get("ready"):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    pytest.fail("the operator page did not say ready")
+
+
+@pytest.fixture()
+def station(tmp_path: Path, synthetic_recipe: Recipe) -> Iterator[tuple[StationProcess, str]]:
+    """A station process (synthetic line, recording on) serving its page on a free port."""
+    with page_station(tmp_path, synthetic_recipe) as served:
+        yield served
 
 
 def trigger_parts(endpoints: dict[str, Any], n: int) -> list[dict[str, Any]]:
@@ -439,3 +455,101 @@ def test_page_follows_a_curve_station_with_its_own_client_key(
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def page_processes(station_pid: int) -> list[int]:
+    """The page processes (``station.web.process``) whose parent is ``station_pid``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == station_pid and b"station.web.process" in cmd:
+            out.append(int(d.name))
+    return out
+
+
+def nice_of(pid: int) -> int:
+    """The nice value of process ``pid``."""
+    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_page_is_a_process_of_its_own_with_the_rings_images_restarted_and_ended_with_the_station(
+        tmp_path: Path, synthetic_recipe: Recipe) -> None:
+    """Recording off: the page process shows the station's in-memory images (over the private
+    link); it runs at a lower priority; killed, it comes back while the station inspects on; it
+    ends when the station ends."""
+    with page_station(tmp_path, synthetic_recipe, recording=False) as (proc, base):
+        assert proc.proc is not None
+        station_pid = proc.proc.pid
+        pages = page_processes(station_pid)
+        assert len(pages) == 1
+        assert nice_of(pages[0]) == nice_of(station_pid) + 5
+        results = trigger_parts(proc.endpoints, 3)
+        last = results[-1]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the page follows the feed a moment later
+            parts = json.loads(get(base + "/api/parts?limit=3")[1])["parts"]
+            if parts and parts[0]["part_id"] == last["part_id"]:
+                break
+            time.sleep(0.05)
+        assert parts[0]["part_id"] == last["part_id"] and parts[0]["image"] == "jpg"
+        pid = urllib.parse.quote(last["part_id"], safe="")
+        status, jpg = get(f"{base}/api/parts/{pid}/overlay.jpg")
+        assert status == 200 and jpg[:2] == b"\xff\xd8"
+        overlay = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
+        status, png = get(f"{base}/api/parts/{pid}/frame.png")
+        frame = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        # the camera's frame as the Inspector had it; the overlay adds the address margins
+        assert status == 200 and frame.shape[:2] == (480, 640)
+        assert overlay.shape[0] > 480 and overlay.shape[1] > 640
+        # the page dies: the station inspects on and starts it again
+        os.kill(pages[0], signal.SIGKILL)
+        assert trigger_parts(proc.endpoints, 1)[0]["verdict"] in ("pass", "defect")
+        wait_page_ready(base)
+        again = page_processes(station_pid)
+        assert len(again) == 1 and again != pages
+        # the page comes back with the station's history (its journal), images of what the ring
+        # still holds
+        assert get(f"{base}/api/parts/{pid}/overlay.jpg")[0] == 200
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{again[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{again[0]}").exists() or b"zombie" in Path(
+        f"/proc/{again[0]}/status").read_bytes()
+
+
+def test_image_link_answers_the_page_and_closes_on_anything_else() -> None:
+    """The station's side of the private link: what the ring holds, byte for byte; a request
+    that is not one ends the link (the page then shows parts without images), never the
+    station."""
+    import socket
+
+    from station.web.ring_link import RemoteRing, serve_ring
+
+    ring = ImageRing(4)
+    metric = np.random.default_rng(0).random((30, 40)).astype(np.float32)
+    ring.put("P1", {"overlay": np.full((30, 40, 3), 7, np.uint8), "metric": metric})
+    ours, theirs = socket.socketpair()
+    import threading
+
+    t = threading.Thread(target=serve_ring, args=(ours, ring), daemon=True)
+    t.start()
+    remote = RemoteRing(theirs)
+    got = remote.get("P1", "metric")
+    assert got is not None and got.dtype == np.float32 and np.array_equal(got, metric)
+    assert remote.get("P1", "frame") is None and remote.get("nope", "overlay") is None
+    assert remote.get("P1", "../../etc/passwd") is None
+    assert np.array_equal(remote.get("P1", "overlay"), ring.get("P1", "overlay"))
+    theirs.sendall(b"\xff\xff\xff\xff" + b"x" * 64)  # a 4 GiB "request"
+    t.join(5)
+    assert not t.is_alive()
+    assert remote.get("P1", "overlay") is None  # the link is gone: no image, no exception
+    remote.close()
