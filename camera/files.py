@@ -19,10 +19,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from camera.claims import FrameClaim, FrameClaims
 from camera.registry import SourceOptions, register_source
 from camera.replay import open_replay_source
 from camera.source import HealthCallback
+from camera.threaded import ThreadedSource
 from pipeline.base.errors import SourceError
 from pipeline.base.frames import Frame
 from pipeline.base.imageio import frame_from_file
@@ -54,7 +54,7 @@ def sequence_files(pattern: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-class FilesCamera:
+class FilesCamera(ThreadedSource):
     """Image folder / image sequence / video as a :class:`camera.source.LiveSource`.
 
     Raises :class:`SourceError` at construction when ``path`` does not exist (or a pattern
@@ -75,16 +75,11 @@ class FilesCamera:
         self.fps = fps
         self.loop = loop
         self.source_id = source_id or f"files:{self.path}"
-        self._on_health = on_health
+        self._init_threaded(on_health)
         self._cond = threading.Condition()
         self._latest: Frame | None = None
         self._grab_seq = 0
         self._returned_seq = 0
-        self._claims = FrameClaims()  # triggers waiting for the first frame played after them
-        self._health_lock = threading.Lock()
-        self._up: bool | None = None
-        self._reason = "not started"
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ LiveSource
@@ -114,37 +109,7 @@ class FilesCamera:
                     break
                 self._cond.wait(remaining)
             seq = self._returned_seq
-        if self._stop.is_set():
-            reason = "closed"
-        elif self._up:
-            reason = f"no new frame within {timeout:.3g} s"
-        else:
-            reason = self._reason
-        return Frame(image=None, seq=seq, ts=time.time(), source_id=self.source_id,
-                     error=f"camera_down: {reason}")
-
-    def set_health_callback(self, callback: HealthCallback | None) -> None:
-        """Call ``callback(up, reason)`` on every later health transition."""
-        with self._health_lock:
-            self._on_health = callback
-
-    def claim_frame(self, after_ts: float, until_ts: float) -> FrameClaim:
-        """Keep the first frame played in ``[after_ts, until_ts]`` for the caller (a trigger
-        that may wait in a queue): see :mod:`camera.claims`."""
-        claim = self._claims.claim(after_ts, until_ts)
-        if self._stop.is_set():
-            claim.end("camera closed")
-        return claim
-
-    @property
-    def is_up(self) -> bool:
-        """True while frames are being played."""
-        return bool(self._up)
-
-    @property
-    def reason(self) -> str:
-        """Reason of the last health transition."""
-        return self._reason
+        return self._no_frame(seq, timeout)
 
     def close(self) -> None:
         """Stop the reader thread; idempotent.  Wakes pending reads."""
@@ -155,9 +120,7 @@ class FilesCamera:
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(5.0)
-        with self._health_lock:
-            self._up = False
-            self._reason = "closed"
+        self._health_closed()
         self._thread = None
 
     # ------------------------------------------------------------------ reader
@@ -220,23 +183,9 @@ class FilesCamera:
             self._cond.notify_all()
         self._claims.offer(latest)
 
-    def _set_health(self, up: bool, reason: str) -> None:
-        with self._health_lock:
-            if self._stop.is_set() or self._up is up:
-                return
-            self._up = up
-            self._reason = reason
-            if not up:
-                with self._cond:  # never hand out a frame from before a loss
-                    self._latest = None
-            (log.info if up else log.warning)("%s: camera %s: %s", self.source_id,
-                                              "up" if up else "down", reason)
-            callback = self._on_health
-            if callback is not None:
-                try:
-                    callback(up, reason)
-                except Exception:
-                    log.exception("%s: health callback failed", self.source_id)
+    def _drop_frames(self) -> None:
+        with self._cond:  # never hand out a frame from before a loss
+            self._latest = None
 
 
 # ------------------------------------------------------------------ camera type "files"

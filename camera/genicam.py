@@ -49,6 +49,7 @@ import numpy as np
 from camera.claims import FrameClaim, FrameClaims
 from camera.registry import Reconnect, SourceOptions, register_source
 from camera.source import HealthCallback
+from camera.threaded import ThreadedSource
 from pipeline.base.errors import SourceError
 from pipeline.base.frames import Frame
 from pipeline.base.yamlconf import FieldError
@@ -238,7 +239,7 @@ class OrderedClaims:
             return len(self._pending)
 
 
-class GenicamCamera:
+class GenicamCamera(ThreadedSource):
     """A GenICam camera through Aravis (:class:`camera.source.LiveSource`).
 
     Args:
@@ -296,7 +297,7 @@ class GenicamCamera:
         self.read_timeout = max(0.1, float(read_timeout))
         self.reconnect_initial = max(0.01, float(reconnect_initial))
         self.reconnect_max = max(self.reconnect_initial, float(reconnect_max))
-        self.on_health = on_health
+        self._init_threaded(on_health)
 
         self._cond = threading.Condition()      # guards the frames below
         self._frames: collections.deque[Frame] = collections.deque(maxlen=64 if
@@ -310,15 +311,10 @@ class GenicamCamera:
         self._firer: threading.Thread | None = None
         self._last_frame_mono = 0.0
 
-        self._health_lock = threading.Lock()
-        self._up: bool | None = None
-        self._reason = "not started"
-
         self._io_lock = threading.Lock()        # the device's control channel
         self._camera: Any = None                # set while acquisition runs
         self._lost = threading.Event()          # control-lost signal from Aravis's thread
         self._lost_why = ""
-        self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._busy: tuple[str, float] | None = None  # (what, since mono): a control transfer
@@ -354,26 +350,6 @@ class GenicamCamera:
         if self.trigger == "software":
             self._fire_queue.put(c)
         return c
-
-    def set_health_callback(self, callback: HealthCallback | None) -> None:
-        """Call ``callback(up, reason)`` on every later health transition."""
-        with self._health_lock:
-            self.on_health = callback
-
-    @property
-    def is_up(self) -> bool:
-        """True while the camera is acquiring (free_run: while frames flow)."""
-        return bool(self._up)
-
-    @property
-    def healthy(self) -> bool:
-        """Same as :attr:`is_up`."""
-        return self.is_up
-
-    @property
-    def reason(self) -> str:
-        """Reason of the last health transition."""
-        return self._reason
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -417,9 +393,7 @@ class GenicamCamera:
                 t.join(self.open_timeout + 10.0)
                 if t.is_alive():
                     log.warning("%s: %s did not stop (stuck in Aravis)", self.source_id, t.name)
-        with self._health_lock:
-            self._up = False
-            self._reason = "closed"
+        self._health_closed()
         self._reader = self._watchdog = self._firer = None
 
     def __enter__(self) -> GenicamCamera:
@@ -452,15 +426,8 @@ class GenicamCamera:
         return None
 
     def _down_frame(self, timeout: float) -> Frame:
-        if self._stop.is_set():
-            reason = "closed"
-        elif self._up:
-            reason = (f"no triggered frame within {timeout:.3g} s" if self.trigger == "software"
-                      else f"no new frame within {timeout:.3g} s")
-        else:
-            reason = self._reason
-        return Frame(image=None, seq=self._returned_seq, ts=time.time(),
-                     source_id=self.source_id, error=f"camera_down: {reason}")
+        awaited = "triggered frame" if self.trigger == "software" else "new frame"
+        return self._no_frame(self._returned_seq, timeout, awaited)
 
     def _fire_claims(self) -> None:
         """Software mode: fire the camera for each claim as its trigger arrives (off the
@@ -514,27 +481,9 @@ class GenicamCamera:
             self._busy = None
 
     # ------------------------------------------------------------------ health
-    def _set_health(self, up: bool, reason: str) -> None:
-        with self._health_lock:
-            if self._stop.is_set():
-                return
-            if self._up is up:
-                if not up:
-                    self._reason = reason
-                return
-            self._up = up
-            self._reason = reason
-            if not up:
-                with self._cond:  # never hand out a frame from before a loss
-                    self._frames.clear()
-            (log.info if up else log.warning)(
-                "%s: camera %s: %s", self.source_id, "up" if up else "down", reason)
-            if self.on_health is not None:
-                try:
-                    self.on_health(up, reason)
-                except Exception:
-                    self._count("callback_errors")
-                    log.exception("%s: on_health callback failed", self.source_id)
+    def _drop_frames(self) -> None:
+        with self._cond:  # never hand out a frame from before a loss
+            self._frames.clear()
 
     def _watch(self) -> None:
         """Watchdog: a control transfer hanging, or (free_run) frames stopping, for longer than

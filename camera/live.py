@@ -44,11 +44,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from camera.claims import FrameClaim, FrameClaims
 from camera.files import sequence_files
 from camera.registry import Reconnect, SourceOptions, register_source
 from camera.replay import IMAGE_EXTENSIONS, raw_mjpeg, read_strict
 from camera.source import HealthCallback
+from camera.threaded import ThreadedSource
 from pipeline.base.frames import Frame
 from pipeline.base.imageio import FrameReadError, read_image
 
@@ -87,7 +87,7 @@ def classify_source(source: int | str) -> tuple[str, int | str]:
     return "file", text
 
 
-class LiveCamera:
+class LiveCamera(ThreadedSource):
     """OpenCV camera / stream / file with a newest-frame reader thread
     (:class:`camera.source.LiveSource`).
 
@@ -145,7 +145,7 @@ class LiveCamera:
         self.reconnect_initial = max(0.01, float(reconnect_initial))
         self.reconnect_max = max(self.reconnect_initial, float(reconnect_max))
         self.loop = loop
-        self.on_health = on_health
+        self._init_threaded(on_health)
         self.backend = backend
         if fourcc is not None and len(fourcc) != 4:
             raise ValueError(f"fourcc must be 4 characters, got {fourcc!r}")
@@ -156,18 +156,11 @@ class LiveCamera:
         self._grab_seq = 0          # seq of the newest grabbed frame
         self._returned_seq = 0      # seq of the last frame read_latest returned
         self._last_frame_mono = 0.0
-        self._claims = FrameClaims()  # triggers waiting for the first frame captured after them
         self._captured_lb = 0.0       # capture-time lower bound of the newest stream frame
         self._intervals: collections.deque[float] = collections.deque(maxlen=16)
         self._last_frame_wall = 0.0
 
-        # health, guarded by _health_lock (held while the callback runs: callbacks stay ordered)
-        self._health_lock = threading.Lock()
-        self._up: bool | None = None
-        self._reason = "not started"
-
-        # threads
-        self._stop = threading.Event()
+        # threads (the stop event is ThreadedSource's)
         self._started = False
         self._gen = 0               # reader generation; a stuck reader is abandoned by bumping it
         self._reader: threading.Thread | None = None
@@ -216,43 +209,7 @@ class LiveCamera:
                     break
                 self._cond.wait(remaining)
             seq = self._returned_seq
-        if self._stop.is_set():
-            reason = "closed"
-        elif self._up:
-            reason = f"no new frame within {timeout:.3g} s"
-        else:
-            reason = self._reason
-        return Frame(image=None, seq=seq, ts=time.time(), source_id=self.source_id,
-                     error=f"camera_down: {reason}")
-
-    def set_health_callback(self, callback: HealthCallback | None) -> None:
-        """Call ``callback(up, reason)`` on every later health transition (replaces
-        ``on_health``); set it before :meth:`start` to see the first transition."""
-        with self._health_lock:
-            self.on_health = callback
-
-    def claim_frame(self, after_ts: float, until_ts: float) -> FrameClaim:
-        """Keep the first frame captured in ``[after_ts, until_ts]`` for the caller (a trigger
-        that may wait in a queue): see :mod:`camera.claims`."""
-        claim = self._claims.claim(after_ts, until_ts)
-        if self._stop.is_set():
-            claim.end("camera closed")
-        return claim
-
-    @property
-    def is_up(self) -> bool:
-        """True while frames flow (up), False before the first frame and while down."""
-        return bool(self._up)
-
-    @property
-    def healthy(self) -> bool:
-        """Same as :attr:`is_up` (older name)."""
-        return self.is_up
-
-    @property
-    def reason(self) -> str:
-        """Reason of the last health transition (why it is down, or what brought it up)."""
-        return self._reason
+        return self._no_frame(seq, timeout)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -280,9 +237,7 @@ class LiveCamera:
                 if t.is_alive():
                     log.warning("%s: thread %s did not stop within %.1f s (stuck in OpenCV); "
                                 "left behind as a daemon thread", self.source_id, t.name, wait)
-        with self._health_lock:
-            self._up = False
-            self._reason = "closed"
+        self._health_closed()
         self._started = False
 
     def __enter__(self) -> LiveCamera:
@@ -296,27 +251,9 @@ class LiveCamera:
         return f"LiveCamera({self.source_id!r}, up={self.is_up})"
 
     # ------------------------------------------------------------------ health
-    def _set_health(self, up: bool, reason: str) -> None:
-        with self._health_lock:
-            if self._stop.is_set():
-                return
-            if self._up is up:
-                if not up:
-                    self._reason = reason  # keep the freshest reason for read_latest
-                return
-            self._up = up
-            self._reason = reason
-            if not up:
-                with self._cond:  # drop the old frame: never hand out a frame from before a loss
-                    self._latest = None
-            (log.info if up else log.warning)(
-                "%s: camera %s: %s", self.source_id, "up" if up else "down", reason)
-            if self.on_health is not None:
-                try:
-                    self.on_health(up, reason)
-                except Exception:
-                    self._count("callback_errors")
-                    log.exception("%s: on_health callback failed", self.source_id)
+    def _drop_frames(self) -> None:
+        with self._cond:  # drop the old frame: never hand out a frame from before a loss
+            self._latest = None
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:

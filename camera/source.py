@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
+from camera.claims import FrameClaim
 from pipeline.base.frames import Frame
 
 HealthCallback = Callable[[bool, str], None]
@@ -66,3 +67,13 @@ class LiveSource(Protocol):
     def reason(self) -> str: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ClaimsFrames(Protocol):
+    """A live source that can keep, for a trigger, the first frame captured after it (the
+    part in front of the camera at the trigger's moment, even when the trigger then waits in a
+    queue): :mod:`camera.claims`.  The station uses it when the camera has it; a camera
+    without it is read when the trigger's turn comes (``read_latest(after_ts=…)``)."""
+
+    def claim_frame(self, after_ts: float, until_ts: float) -> FrameClaim: ...

@@ -44,6 +44,7 @@ from typing import Any
 
 import zmq
 
+from camera.source import ClaimsFrames
 from pipeline.base.atomic import write_json_atomic
 from pipeline.base.frames import Frame
 from pipeline.inspector import InspectionResult
@@ -216,7 +217,9 @@ class StationDaemon:
             self.status.recorder_info = parts.recorder.health
         # Cameras that hand frames to triggers (camera.claims) keep each trigger's first frame;
         # the others are read with after_ts when the part leaves the queue.
-        self.triggers.claim_frame = getattr(parts.camera, "claim_frame", None)
+        camera = parts.camera
+        self.triggers.claim_frame = (camera.claim_frame if isinstance(camera, ClaimsFrames)
+                                     else None)
         parts.camera.set_health_callback(self._on_camera_health)
         parts.camera.start()
         self._await_camera(cfg.camera.open_timeout_s)
