@@ -8,7 +8,7 @@
 * :mod:`station.web.server` — the aiohttp server: the page, ``/api/…``, SSE, ``/metrics``; fed by
   an :class:`~station.client.EventSubscriber` (the station's own PUB + catch-up), never by the
   inspection thread.
-* :mod:`station.web.process` — the page as a child process of the station (lower priority,
+* :mod:`station.web.process` — the page as a child process of the station (lowest CPU priority,
   supervised, ends with the station); ``station web`` runs the same server on its own.
 * :mod:`station.web.ring_link` — the station's in-memory images handed to that process over a
   private socket pair.

@@ -9,8 +9,9 @@ started once the daemon's sockets are bound and supervised for as long as the st
 * it follows the station over the event endpoints like any subscriber (CURVE keys included);
 * images of parts that are not recorded come from the station's in-memory ring over a private
   socket pair (:mod:`station.web.ring_link`), recorded ones from the recording folder;
-* it runs at a lower priority (``nice`` +5): on a busy machine the inspection goes first, and
-  being another process a preempted page never holds a lock the inspection waits for;
+* it runs at the lowest CPU priority (``SCHED_IDLE``; where that is refused, ``nice`` +10): the
+  page gets the CPU only when the inspection does not want it, and being another process a
+  preempted page never holds a lock the inspection waits for;
 * it ends with the station (``PR_SET_PDEATHSIG``, and a check of its parent), and a page that
   dies is started again after a pause (1 s, doubling to 30 s) while the station inspects on.
 
@@ -40,7 +41,7 @@ from station.web.ring_link import RemoteRing, start_ring_server
 
 log = logging.getLogger(__name__)
 
-PAGE_NICE = 5
+PAGE_NICE = 10  # where SCHED_IDLE is refused
 RESTART_PAUSE_S = (1.0, 30.0)
 _PR_SET_PDEATHSIG = 1
 
@@ -147,6 +148,18 @@ def _die_with_parent() -> Callable[[], bool]:
     return lambda: os.getppid() == parent
 
 
+def lowest_priority() -> str:
+    """Put this process (and the threads it starts later) at the lowest CPU priority:
+    ``SCHED_IDLE``, else ``nice`` +:data:`PAGE_NICE`; returns which."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "idle"
+    except (OSError, AttributeError):
+        with contextlib.suppress(OSError):
+            os.nice(PAGE_NICE)
+        return f"nice {PAGE_NICE}"
+
+
 def child_main(argv: list[str]) -> int:
     """The page process: serve until SIGTERM or the station's end."""
     from station.web.server import WebServer
@@ -155,8 +168,7 @@ def child_main(argv: list[str]) -> int:
     parent_alive = _die_with_parent()
     if not parent_alive():
         return 0
-    with contextlib.suppress(OSError):
-        os.nice(PAGE_NICE)
+    lowest_priority()
     ring = RemoteRing.from_fd(int(argv[0]))
     server = WebServer(options_from_json(sys.stdin.read()), ring=ring)
 

@@ -185,9 +185,10 @@ class WebServer:
         """Listen and follow the station until ``stop`` is set (or :meth:`stop` is called)."""
         self._loop = asyncio.get_running_loop()
         # a few threads for the blocking work (subscriber polls, catch-up, image encoding), so
-        # the page never takes more of the machine than that from the inspection.  They are
-        # not niced: a niced thread preempted while it holds the GIL would stall the inspection
-        # thread behind it (priority inversion) exactly when the machine is busy.
+        # the page never takes more of the machine than that from the inspection.  Priority is
+        # set per process (station.web.process), never per thread here: served from a thread
+        # of the station (start()), a low-priority thread preempted while it holds the GIL
+        # would stall the inspection behind it.
         self._loop.set_default_executor(
             ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="web"))
         self._stop = stop or asyncio.Event()
