@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,18 @@ def test_live_parts_replay_bit_for_bit_to_the_same_verdicts(tmp_path: Path) -> N
                        camera=frames, fps=30, loop=True, recording_dir=rec_dir)
     with StationProcess(cfg, tmp_path / "state") as st, StationClient(st.endpoints) as c:
         c.wait_live()
-        for i in range(8):
+        # one part at a time, a frame period or more apart: triggers of one burst all see the
+        # part in front of the camera then (the same frame), so a burst may be all good parts
+        live: list[dict] = []
+        for i in range(32):
             assert c.trigger(f"live-{i}")["ok"]
-        live = c.results(8, 30)
+            live += c.results(1, 10)
+            if len(live) >= 8 and {r["verdict"] for r in live} >= {"pass", "defect"}:
+                break
+            time.sleep(0.05)
         st.signal(signal.SIGTERM)  # a clean stop writes the recordings still queued
         assert st.wait(30) == 0
-    assert len(live) == 8
+    assert len(live) == i + 1
     assert {r["verdict"] for r in live} <= {"pass", "defect"}
     assert "defect" in {r["verdict"] for r in live}
 
