@@ -44,7 +44,9 @@ def test_tiny_then_check(tmp_path, capfd, family):
     assert json.loads((out / "config.json").read_text())["model_type"] == family
 
     assert main(["model", "check", str(out), "--json", "--max-image-side", "112"]) == 0
-    report = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
+    lines = capfd.readouterr().out.strip().splitlines()
+    assert len(lines) == 1  # --json: the report alone on stdout (human text goes to stderr)
+    report = json.loads(lines[0])
     assert report["ok"] and report["family"] == family and report["backend"] == "transformers"
     assert report["quantisation"]["is_4bit"] and report["quantisation"]["linear_4bit"] > 0
     assert report["chat_template"] and report["processor"].endswith(
