@@ -166,7 +166,9 @@ def test_page_in_chromium_metrics_station_web_and_station_down(
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(base + "/")
-            page.wait_for_function("document.getElementById('state').textContent === 'ready'",
+            # a function, not an expression: Playwright polls an expression with eval, which the
+            # page's CSP (script-src 'self') refuses once the first check is false
+            page.wait_for_function("() => document.getElementById('state').textContent === 'ready'",
                                    timeout=10_000)
             assert page.is_hidden("#down-banner")
             results = trigger_parts(proc.endpoints, 5)
