@@ -79,7 +79,6 @@ class PageProcess:
         self.listen = options.listen
         self.ring = ring
         self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -90,7 +89,7 @@ class PageProcess:
         self._thread.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        link, _ = start_ring_server(self.ring)
+        link = start_ring_server(self.ring)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "station.web.process", str(link.fileno())],
@@ -101,7 +100,6 @@ class PageProcess:
         with contextlib.suppress(OSError):
             proc.stdin.write(self.options_json.encode())
             proc.stdin.close()
-        self.starts += 1
         return proc
 
     def _supervise(self) -> None:
@@ -168,7 +166,7 @@ def child_main(argv: list[str]) -> int:
     parent_alive = _die_with_parent()
     if not parent_alive():
         return 0
-    lowest_priority()
+    log.info("CPU priority: %s", lowest_priority())
     ring = RemoteRing.from_fd(int(argv[0]))
     server = WebServer(options_from_json(sys.stdin.read()), ring=ring)
 

@@ -77,14 +77,14 @@ def serve_ring(sock: socket.socket, ring: ImageRing) -> None:
                 return
 
 
-def start_ring_server(ring: ImageRing) -> tuple[socket.socket, threading.Thread]:
-    """A socket pair and the thread serving ``ring`` on one end; returns the other end (for
-    the page process to inherit; close it here once the process has started)."""
+def start_ring_server(ring: ImageRing) -> socket.socket:
+    """A socket pair and a thread serving ``ring`` on one end (it ends when the other end
+    closes); returns the other end (for the page process to inherit; close it here once the
+    process has started)."""
     ours, theirs = socket.socketpair()
-    thread = threading.Thread(target=serve_ring, args=(ours, ring), name="web-images",
-                              daemon=True)
-    thread.start()
-    return theirs, thread
+    threading.Thread(target=serve_ring, args=(ours, ring), name="web-images",
+                     daemon=True).start()
+    return theirs
 
 
 class RemoteRing:
