@@ -277,12 +277,21 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
                     ps.append(float(v.details["p_defect"]))
                     addrs.append(str(v.details.get("address")))
                 eng = judge._engine
-                op = eng.onepass
-                if op is not None:
-                    for k, val in {**eng.timing, **op.timing}.items():
-                        if k.endswith("_ms") and k != "prefix_ms":
-                            stages.setdefault(k, []).append(val)
-                    stages.setdefault("judge_ms", []).append(v.details.get("ms", 0.0))
+                inner = eng.onepass or (eng.fastgen.op if eng.fastgen is not None else None)
+                if inner is not None:
+                    got = {**eng.timing, **inner.timing,
+                           **(eng.fastgen.timing if eng.fastgen is not None else {})}
+                    got = {k: x for k, x in got.items() if k.endswith("_ms") and k != "prefix_ms"}
+                    judge_ms = float(v.details.get("ms", 0.0))
+                    got["judge_ms"] = judge_ms
+                    # the rest of the judge (tree walk, result, parsing) and, outside it, the
+                    # composition of the images and the hand-over to the worker thread
+                    got["judge_rest_ms"] = judge_ms - sum(
+                        got.get(k, 0.0) for k in ("prompt_ms", "sig_ms", "preprocess_ms",
+                                                  "pass_ms", "generate_ms"))
+                    got["outside_judge_ms"] = ms - judge_ms
+                    for k, x in got.items():
+                        stages.setdefault(k, []).append(x)
             entry: dict[str, Any] = {
                 "n": len(times), "p50_ms": _pct(times, 0.5), "p95_ms": _pct(times, 0.95),
                 "mean_ms": round(statistics.fmean(times), 2),
@@ -302,9 +311,13 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
                     "capture_s": plan.capture_s, "note": plan.note,
                     "prefix_ms": op.timing.get("prefix_ms"),
                 }
-                entry["stages_p50_ms"] = {k: _pct(x, 0.5) for k, x in stages.items()}
                 if name == "scored_defect":
                     entry["breakdown_ms"] = breakdown(judge, op)
+            if stages:
+                entry["stages_p50_ms"] = {k: _pct(x, 0.5) for k, x in stages.items()}
+            gen_plan = judge.model_info.get("cached_generate")
+            if gen_plan:
+                entry["cached_generate"] = gen_plan
             if name == "scored_defect":
                 onepass_p, onepass_addr = ps, addrs
             if name == "scored_stepwise" and onepass_p:

@@ -54,6 +54,7 @@ from pipeline.vlm.backends import LoadedModel, is_pixtral, load_model
 from pipeline.vlm.fastgen import FastGenerate
 from pipeline.vlm.onepass import CACHED_FAMILIES, OnePass
 from pipeline.vlm.parser import DEFECT, PASS, parse_answer
+from pipeline.vlm.pixels import QwenPixels
 from pipeline.vlm.prompts import (
     Prompt,
     build_prompt,
@@ -167,6 +168,16 @@ class _Engine:
                         use_graphs=settings.cuda_graphs),
                 settings.max_new_tokens,
             )
+
+        # Qwen-VL: the test image's pixel values made on the device, the images sized once
+        self.pixels = QwenPixels.for_processor(self.family, self.processor, self.device)
+        self.size_rule = self.pixels.target_size if self.pixels is not None else None
+
+    def test_pixels(self, image: Image.Image) -> Any:
+        """The test image's pixel values (on the device where :class:`QwenPixels` applies)."""
+        if self.pixels is not None:
+            return self.pixels(image)
+        return self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
 
     # --- tokens --------------------------------------------------------------------------
 
@@ -290,6 +301,19 @@ class _Engine:
 
     # --- modes ---------------------------------------------------------------------------
 
+    @staticmethod
+    def _prompt_signature(prompt: Prompt) -> tuple:
+        """What a cached prefix depends on: text, pre-fill, image sizes and the content of every
+        image before the test image (the golden's digest comes with the prompt; a one-shot
+        example image, the only other one, is hashed here)."""
+        import hashlib
+
+        keys = list(prompt.reference_keys)
+        for im in prompt.images[: len(prompt.images) - 1 - len(keys)]:
+            keys.insert(0, hashlib.blake2b(im.tobytes(), digest_size=16).hexdigest())
+        return (repr(prompt.messages), prompt.prefill,
+                tuple(im.size for im in prompt.images), tuple(keys))
+
     def _one_pass(self, prompt: Prompt, tree: AnswerTree) -> tuple[Any, dict[int, Any], int]:
         """Root and decision logits from one forward pass; the processor runs on the test image
         alone while the prompt's text, image sizes and golden image are those of the plan."""
@@ -297,22 +321,16 @@ class _Engine:
         assert op is not None
         self._last_prompt: Prompt = prompt
         t0 = time.perf_counter()
-        import hashlib
-
-        golden = hashlib.blake2b(digest_size=16)
-        for im in prompt.images[:-1]:
-            golden.update(im.tobytes())
-        sig = (
-            repr(prompt.messages), prompt.prefill, tuple(im.size for im in prompt.images),
-            golden.hexdigest(), id(tree),
-        )
+        sig = (self._prompt_signature(prompt), id(tree))
+        t1 = time.perf_counter()
+        self.timing["sig_ms"] = round((t1 - t0) * 1000, 2)
         if op.ready() and sig == self._sig:
-            pix = self.processor.image_processor(images=[prompt.images[-1]], return_tensors="pt")
-            self.timing["preprocess_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-            root, table = op.run_tail(pix["pixel_values"])
+            pv = self.test_pixels(prompt.images[-1])
+            self.timing["preprocess_ms"] = round((time.perf_counter() - t1) * 1000, 2)
+            root, table = op.run_tail(pv)
         else:
             inputs = self.encode(prompt)
-            self.timing["preprocess_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+            self.timing["preprocess_ms"] = round((time.perf_counter() - t1) * 1000, 2)
             root, table = op.run(inputs, tree)
             self._sig = sig if op.ready() else None
         plan = op.plan
@@ -457,17 +475,16 @@ class _Engine:
         """Greedy tokens (cut after the first end token) on the cached prefix; prompt length."""
         fg = self.fastgen
         assert fg is not None
-        import hashlib
-
-        golden = hashlib.blake2b(digest_size=16)
-        for im in prompt.images[:-1]:
-            golden.update(im.tobytes())
-        sig = (repr(prompt.messages), tuple(im.size for im in prompt.images), golden.hexdigest())
+        t0 = time.perf_counter()
+        sig = self._prompt_signature(prompt)
         if fg.ready() and sig == self._sig:
-            pix = self.processor.image_processor(images=[prompt.images[-1]], return_tensors="pt")
-            toks = fg.run_tail(pix["pixel_values"])
+            pv = self.test_pixels(prompt.images[-1])
+            self.timing["preprocess_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+            toks = fg.run_tail(pv)
         else:
-            toks = fg.run(self.encode(prompt))
+            inputs = self.encode(prompt)
+            self.timing["preprocess_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+            toks = fg.run(inputs)
             self._sig = sig
         ends = set(self.end_ids)
         for i, t in enumerate(toks):
@@ -738,7 +755,9 @@ class VlmJudge:
                 columns=[str(c) for c in columns],
                 rows=[str(r) for r in rows],
                 one_shot_image=self._one_shot,
+                size_rule=self._engine.size_rule,
             )
+            self._engine.timing["prompt_ms"] = round((time.perf_counter() - t0) * 1000, 2)
             with torch.inference_mode():
                 if self.settings.mode == "scored":
                     res = self._engine.scored(

@@ -11,10 +11,11 @@ gets :func:`to_pixtral_messages`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -30,6 +31,8 @@ class Prompt:
     instruction: str  # the user text of the final turn (for the recorder)
     prefill: str  # the assistant turn's fixed beginning (scored mode); "" for generate
     meta: dict[str, Any] = field(default_factory=dict)
+    # content digests of the images just before the test image (a pair's golden), in order
+    reference_keys: list[str] = field(default_factory=list)
 
 
 def to_pil(image: Image.Image | np.ndarray) -> Image.Image:
@@ -42,47 +45,65 @@ def to_pil(image: Image.Image | np.ndarray) -> Image.Image:
     if arr.ndim == 2:
         return Image.fromarray(arr, "L").convert("RGB")
     if arr.ndim == 3 and arr.shape[2] == 3:
-        return Image.fromarray(np.ascontiguousarray(arr[:, :, ::-1]), "RGB")  # BGR → RGB
+        return Image.fromarray(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB), "RGB")
     if arr.ndim == 3 and arr.shape[2] == 4:
-        return Image.fromarray(np.ascontiguousarray(arr[:, :, 2::-1]), "RGB")  # BGRA → RGB
+        return Image.fromarray(cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB), "RGB")
     raise ValueError(f"image array must be (H, W) or (H, W, 3), not {arr.shape}")
 
 
-def fit_image(image: Image.Image | np.ndarray, max_side: int) -> Image.Image:
-    """RGB image scaled down (never up) so that its longer side is at most ``max_side``."""
+SizeRule = Callable[[int, int], tuple[int, int]]
+
+
+def fit_image(image: Image.Image | np.ndarray, max_side: int,
+              size_rule: SizeRule | None = None) -> Image.Image:
+    """RGB image scaled down (never up) so that its longer side is at most ``max_side``.
+
+    ``size_rule``: the model's own sizing ((width, height) → (width, height), e.g. Qwen-VL's
+    multiples of 28) applied to that size, so the image is scaled once, to the size the model's
+    processor would scale it to anyway."""
     img = to_pil(image)
     w, h = img.size
     if w < 1 or h < 1:
         raise ValueError(f"empty image ({w}×{h})")
     scale = max_side / max(w, h)
-    if scale < 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    size = (max(1, round(w * scale)), max(1, round(h * scale))) if scale < 1.0 else (w, h)
+    if size_rule is not None:
+        size = size_rule(*size)
+    if size != img.size:
         img = img.resize(size, Image.Resampling.BICUBIC)
     return img
 
 
-_FIT_CACHE: dict[tuple, Image.Image] = {}
+_FIT_CACHE: dict[tuple, tuple[Image.Image, str]] = {}
 _FIT_CACHE_SIZE = 4
 
 
-def fit_reference(image: Image.Image | np.ndarray, max_side: int) -> Image.Image:
-    """:func:`fit_image` for an image that repeats from part to part (the golden of a pair):
-    an array seen before (same bytes) is not converted and scaled again.  The result is the same
-    image :func:`fit_image` gives; hashing the bytes costs a tenth of the scaling."""
-    if not isinstance(image, np.ndarray):
-        return fit_image(image, max_side)
+def fit_reference_keyed(image: Image.Image | np.ndarray, max_side: int,
+                        size_rule: SizeRule | None = None) -> tuple[Image.Image, str]:
+    """:func:`fit_image` for an image that repeats from part to part (the golden of a pair), and a
+    digest of its content: an array seen before (same bytes) is not converted and scaled again.
+    The image is the same one :func:`fit_image` gives; hashing the bytes costs a tenth of the
+    scaling, and the digest tells the VLM engine whether its cached prefix still holds."""
     import hashlib
 
+    if not isinstance(image, np.ndarray):
+        img = fit_image(image, max_side, size_rule)
+        return img, hashlib.blake2b(img.tobytes(), digest_size=16).hexdigest()
     arr = np.ascontiguousarray(image)
-    key = (arr.shape, str(arr.dtype), max_side,
-           hashlib.blake2b(memoryview(arr).cast("B"), digest_size=16).digest())
+    digest = hashlib.blake2b(memoryview(arr).cast("B"), digest_size=16).hexdigest()
+    key = (arr.shape, str(arr.dtype), max_side, size_rule, digest)
     hit = _FIT_CACHE.get(key)
     if hit is None:
-        hit = fit_image(arr, max_side)
+        hit = (fit_image(arr, max_side, size_rule), f"{arr.shape}:{digest}")
         if len(_FIT_CACHE) >= _FIT_CACHE_SIZE:
             _FIT_CACHE.pop(next(iter(_FIT_CACHE)))
         _FIT_CACHE[key] = hit
     return hit
+
+
+def fit_reference(image: Image.Image | np.ndarray, max_side: int) -> Image.Image:
+    """The image of :func:`fit_reference_keyed` alone."""
+    return fit_reference_keyed(image, max_side)[0]
 
 
 def answer_prefix(settings: VlmSettings, image_type: str | None = None) -> str:
@@ -132,13 +153,14 @@ def build_prompt(
     columns: Sequence[str],
     rows: Sequence[str],
     one_shot_image: Image.Image | None = None,
+    size_rule: SizeRule | None = None,
 ) -> Prompt:
     """Messages and images for one part, in the recipe's mode.
 
     ``images``: ``[golden, test]`` (pair, separate), ``[stacked]`` (pair, stacked) or ``[test]``
     (single), already composed with the address overlay.  With ``settings.one_shot`` the source
     documents' example turn comes first: the STAR instruction with ``one_shot_image`` and the
-    answer giving its address.
+    answer giving its address.  ``size_rule``: the model's image sizing (see :func:`fit_image`).
     """
     want = settings.images_expected()
     if len(images) != want:
@@ -151,7 +173,8 @@ def build_prompt(
         raise ValueError(f"unknown image type {image_type!r}")
     side = settings.max_image_side
     # the reference images (the golden) repeat from part to part: scaled once, not per part
-    pics = [fit_reference(im, side) for im in images[:-1]] + [fit_image(images[-1], side)]
+    refs = [fit_reference_keyed(im, side, size_rule) for im in images[:-1]]
+    pics = [im for im, _ in refs] + [fit_image(images[-1], side, size_rule)]
     text = instruction_text(settings, image_type=it, columns=columns, rows=rows)
     messages: list[dict[str, Any]] = []
     all_images: list[Image.Image] = []
@@ -170,7 +193,7 @@ def build_prompt(
             }
         )
         messages.append({"role": "assistant", "content": [{"type": "text", "text": example}]})
-        all_images.append(fit_image(one_shot_image, settings.max_image_side))
+        all_images.append(fit_image(one_shot_image, settings.max_image_side, size_rule))
     messages.append(
         {
             "role": "user",
@@ -185,6 +208,7 @@ def build_prompt(
         instruction=text,
         prefill=prefill,
         meta={"image_type": it, "sizes": [im.size for im in all_images]},
+        reference_keys=[k for _, k in refs],
     )
 
 

@@ -363,6 +363,27 @@ def test_cached_prefix_matches_the_uncached_pass(loaded, family):
 
 
 @pytest.mark.vlm
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_test_image_pixels_equal_the_processor(loaded, family):
+    """Qwen-VL: the per-part pixel values made on the device equal the image processor's, and
+    the prompt's images are sized once, to what the processor would scale them to."""
+    j = _judge(loaded, family)
+    eng = j._engine
+    assert eng.pixels is not None and eng.size_rule is not None
+    rng = np.random.default_rng(11)
+    for h, w in [(96, 128), (163, 448), (300, 97)]:
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        ref = eng.processor.image_processor(images=[img], return_tensors="pt")["pixel_values"]
+        got = eng.test_pixels(img)
+        assert got.shape == ref.shape and (got.cpu() - ref).abs().max() < 1e-5
+    prompt = build_prompt(j.settings, _images(2, 3), columns=COLS, rows=ROWS,
+                          size_rule=eng.size_rule)
+    for im in prompt.images:
+        assert im.size == eng.size_rule(*im.size) and im.size[0] % 28 == 0 == im.size[1] % 28
+    j.close()
+
+
+@pytest.mark.vlm
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava"])
 def test_cached_prefix_generate_gives_transformers_tokens(loaded, family):
     """Generate on the cached prefix with static buffers and an on-device decode loop gives the
