@@ -311,7 +311,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
                     "capture_s": plan.capture_s, "note": plan.note,
                     "prefix_ms": op.timing.get("prefix_ms"),
                 }
-                if name == "scored_defect":
+                if name == "scored_defect" and plan.static:  # cached families only
                     entry["breakdown_ms"] = breakdown(judge, op)
             if stages:
                 entry["stages_p50_ms"] = {k: _pct(x, 0.5) for k, x in stages.items()}

@@ -347,9 +347,9 @@ def measured_backend(cache_dir: str | Path | None, folder: ModelFolder,
 
 def _pick_backend(setting: str, device: str, folder: ModelFolder,
                   cache_dir: str | Path | None = None) -> str:
-    """The backend to load with; ``auto`` takes the fastest 4-bit backend measured on this device
-    by ``station model bench`` and says so; unmeasured, transformers (measured faster or equal on
-    an H200 in every mode: docs/vlm-gpu-bench.md)."""
+    """The backend to load with; ``auto`` takes the fastest backend that keeps the model in 4 bit
+    as measured on this device by ``station model bench``, and says so; unmeasured, transformers
+    (every layer in 4 bit; Unsloth keeps vision towers in 16 bit: docs/vlm-gpu-bench.md)."""
     if setting != "auto":
         return setting
     if not device.startswith("cuda") or folder.family in TRANSFORMERS_ONLY:

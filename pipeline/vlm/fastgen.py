@@ -57,7 +57,7 @@ class FastGenerate:
         self.max_new = int(max_new)
         self.plan: Any = None
         self.st: dict[str, Any] = {}
-        self.graphs: tuple[Any, Any] | None = None
+        self.graphs: tuple[Any, Any] | None = None  # (prompt step or None, decode step)
         self.scope = "eager"
         self.timing: dict[str, float] = {}
         self._kv_cls = _static_kv_class()
@@ -142,7 +142,7 @@ class FastGenerate:
     def _prompt_step(self) -> None:
         """Test image + rest of the prompt; the first new token; decode state reset."""
         op, st, s = self.op, self.st, self.plan.static
-        feats = op._vision(s)
+        feats = st["feats"] if self.scope == "graphs:lm" else op._vision(s)
         emb = s["emb"].clone()
         emb[0, s["img_at"]] = feats.to(emb.dtype)
         tok = self._lm_next(emb, s["pos"], st["suffix_mask"], st["suffix_idx"])
@@ -166,27 +166,45 @@ class FastGenerate:
         st["step"].add_(st["one"])
 
     def _capture(self) -> None:
+        """Capture the prompt step and the decode step in CUDA graphs.
+
+        Scopes, first that captures: ``graphs:all`` (vision tower inside the prompt graph),
+        ``graphs:lm`` (tower eager, into a static buffer), ``graphs:decode`` (prompt step eager,
+        the decode step — where the time goes — still replayed).  A tower with host syncs
+        (Pixtral's) only costs the tower's own eager time."""
         torch = self.torch
         t0 = time.perf_counter()
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._prompt_step()
+        notes: list[str] = []
+        self.graphs, self.scope = None, "eager"
+        for scope in ("graphs:all", "graphs:lm", "graphs:decode"):
+            try:
+                self.scope = scope
+                if scope == "graphs:lm":
+                    self.st["feats"] = self.op._vision(self.plan.static).detach().clone()
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(2):
+                        self._prompt_step()
+                        self._decode_step()
+                torch.cuda.current_stream().wait_stream(side)
+                g1 = None
+                g2 = torch.cuda.CUDAGraph()
+                if scope != "graphs:decode":
+                    g1 = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(g1):
+                        self._prompt_step()
+                with torch.cuda.graph(g2, pool=g1.pool() if g1 is not None else None):
                     self._decode_step()
-            torch.cuda.current_stream().wait_stream(side)
-            g1, g2 = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g1):
-                self._prompt_step()
-            with torch.cuda.graph(g2, pool=g1.pool()):
-                self._decode_step()
-            self.graphs, self.scope = (g1, g2), "graphs"
-        except Exception as exc:  # a tower with host syncs: eager steps (still no host syncs)
-            log.warning("vlm: generate not captured (%s: %s); eager steps", type(exc).__name__,
-                        str(exc).splitlines()[0][:160] if str(exc) else "")
-            self.graphs, self.scope = None, "eager"
-            torch.cuda.synchronize()
+                self.graphs = (g1, g2)
+                break
+            except Exception as exc:  # a tower or step with host syncs: the next scope
+                notes.append(f"{scope}: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''}")
+                self.graphs, self.scope = None, "eager"
+                torch.cuda.synchronize()
+        if notes:
+            log.info("vlm: generate capture: %s", "; ".join(notes))
         self.timing["capture_s"] = round(time.perf_counter() - t0, 2)
 
     def run(self, inputs: dict[str, Any]) -> list[int]:
@@ -207,7 +225,12 @@ class FastGenerate:
             buf[tuple(slice(0, n) for n in pv.shape)].copy_(pv)
         if self.graphs is not None:
             g1, g2 = self.graphs
-            g1.replay()
+            if g1 is None:
+                self._prompt_step()
+            else:
+                if self.scope == "graphs:lm":
+                    self.st["feats"].copy_(self.op._vision(self.plan.static))
+                g1.replay()
             for _ in range(self.max_new - 1):
                 g2.replay()
         else:

@@ -361,17 +361,22 @@ class OnePass:
         if self.family in ("qwen2_vl", "qwen2_5_vl"):
             grid = tail["grid"]
             meta["grid"] = grid
-            if self.family == "qwen2_vl":  # sizes read on the host: no device sync in the pass
-                meta["grid"] = grid.cpu()
-                from transformers.vision_utils import get_vision_position_ids
+            # the tower's sizes, positions and windows made once, on the host where the tower
+            # reads them back (attention split sizes): no device sync left in the pass
+            from transformers.vision_utils import get_vision_position_ids
 
-                vis = self.core.model.visual
-                vpos = get_vision_position_ids(grid.to(emb.device), vis.spatial_merge_size)
-                n = int(grid.prod())
-                meta["vision_kwargs"] = {
-                    "position_ids": vpos,
-                    "cu_seqlens": torch.tensor([0, n], dtype=torch.int32),
-                }
+            meta["grid"] = grid.cpu()
+            vis = self.core.model.visual
+            vpos = get_vision_position_ids(grid.to(emb.device), vis.spatial_merge_size)
+            n = int(grid.prod())
+            kw = {"position_ids": vpos, "cu_seqlens": torch.tensor([0, n], dtype=torch.int32)}
+            if self.family == "qwen2_5_vl":
+                from transformers.vision_utils import get_vision_window_index
+
+                index, cu_windows = get_vision_window_index(
+                    grid.cpu(), vis.spatial_merge_size, vis.window_size, vis.patch_size)
+                kw.update(window_index=index.to(emb.device), cu_window_seqlens=cu_windows)
+            meta["vision_kwargs"] = kw
         else:
             sizes = tail["image_sizes"]
             if hasattr(sizes, "cpu"):  # pinned: the tower's host-to-device copy can be captured

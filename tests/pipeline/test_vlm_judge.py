@@ -336,7 +336,7 @@ def test_warmup_with_the_recipe_layout_builds_the_plan_at_start_up(loaded):
 
 
 @pytest.mark.vlm
-@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava"])
 def test_cached_prefix_matches_the_uncached_pass(loaded, family):
     """The prefix cache changes nothing: same logits as the whole prompt in one pass, also
     after the golden image changes (the prefix is recomputed, not reused stale)."""

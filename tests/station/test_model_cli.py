@@ -86,3 +86,14 @@ def test_bench_times_backends_and_records_the_fastest(tmp_path, capfd):
     rec = measured_backend(cache, inspect_folder(out), "cpu")
     assert rec is not None and rec["fastest"] == "transformers" and "ms p50" in rec["summary"]
     assert measured_backend(tmp_path / "elsewhere", inspect_folder(out), "cpu") is None
+
+
+def test_auto_counts_only_backends_that_keep_every_layer_in_4bit():
+    """Unsloth keeps a vision tower in 16 bit (196 of 327 layers in 4 bit for Qwen2-VL-2B, about
+    1 GiB more): ``auto`` does not take it; every layer but the output head in 4 bit does."""
+    from station.cmd_model import fully_4bit
+
+    assert fully_4bit({"linear_4bit": 326, "linear_total": 327})
+    assert fully_4bit({"linear_4bit": 327, "linear_total": 327})
+    assert not fully_4bit({"linear_4bit": 196, "linear_total": 327})
+    assert not fully_4bit({"linear_4bit": 0, "linear_total": 0})
