@@ -363,6 +363,27 @@ def test_cached_prefix_matches_the_uncached_pass(loaded, family):
 
 
 @pytest.mark.vlm
+def test_qwen25_precomputed_vision_windows_change_nothing(loaded):
+    """Qwen2.5-VL's attention windows, made once per layout so the tower can be captured, give
+    the logits of the pass that computes them itself, on an image of the pipeline's size (several
+    windows per image)."""
+    j = _judge(loaded, "qwen2_5_vl", max_image_side=448, threshold=1e-6,
+               defect_modes=["bent", "missing"])
+    eng = j._engine
+    op, tree = eng.onepass, eng.tree(COLS, ROWS)
+    rng = np.random.default_rng(12)
+    images = [rng.integers(0, 255, (239, 657, 3), dtype=np.uint8) for _ in range(2)]
+    prompt = build_prompt(j.settings, images, columns=COLS, rows=ROWS, size_rule=eng.size_rule)
+    inputs = eng.encode(prompt)
+    with torch.inference_mode():
+        root_c, _ = op.run(inputs, tree)
+        root_u, _ = op.full_forward(inputs, tree)
+    windows = op.plan.static["meta"]["vision_kwargs"]["cu_window_seqlens"]
+    assert len(windows) > 3 and (root_c - root_u).abs().max() < 1e-3
+    j.close()
+
+
+@pytest.mark.vlm
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_test_image_pixels_equal_the_processor(loaded, family):
     """Qwen-VL: the per-part pixel values made on the device equal the image processor's, and
