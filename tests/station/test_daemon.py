@@ -36,12 +36,6 @@ from support.stream import FFMPEG, MjpegServer
 
 
 @pytest.fixture(scope="module")
-def recipe(synthetic_recipe: Recipe) -> Path:
-    assert synthetic_recipe.folder is not None
-    return synthetic_recipe.folder
-
-
-@pytest.fixture(scope="module")
 def frames(tmp_path_factory: pytest.TempPathFactory) -> str:
     return write_part_frames(tmp_path_factory.mktemp("frames"), 16)
 

@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.recipe import Recipe
 from station.bench.events import StationClient, StationProcess, write_config
 from station.demo.line import write_part_frames
 
 from support.faults import journal_lines
-
-
-@pytest.fixture(scope="module")
-def recipe(synthetic_recipe: Recipe) -> Path:
-    assert synthetic_recipe.folder is not None
-    return synthetic_recipe.folder
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,6 @@ from support.faults import with_sections
 from support.stream import MjpegServer, needs_ffmpeg
 
 
-@pytest.fixture(scope="module")
-def recipe(synthetic_recipe: Recipe) -> Path:
-    assert synthetic_recipe.folder is not None
-    return synthetic_recipe.folder
-
-
 class _SlowLine:
     """The real Inspector taking at least ``seconds`` per part, as a heavy judge (a VLM) does:
     triggers queue up behind the part in hand."""
