@@ -76,10 +76,6 @@ class FilesCamera(ThreadedSource):
         self.loop = loop
         self.source_id = source_id or f"files:{self.path}"
         self._init_threaded(on_health)
-        self._cond = threading.Condition()
-        self._latest: Frame | None = None
-        self._grab_seq = 0
-        self._returned_seq = 0
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ LiveSource
@@ -93,29 +89,10 @@ class FilesCamera(ThreadedSource):
                                         daemon=True)
         self._thread.start()
 
-    def read_latest(self, timeout: float, *, after_ts: float | None = None) -> Frame:
-        """The newest frame newer than the last one returned (captured at or after ``after_ts``
-        when given), waiting up to ``timeout`` s; else a ``camera_down`` frame."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        with self._cond:
-            while True:
-                f = self._latest
-                if (f is not None and f.seq > self._returned_seq
-                        and (after_ts is None or f.ts >= after_ts)):
-                    self._returned_seq = f.seq
-                    return f
-                remaining = deadline - time.monotonic()
-                if self._stop.is_set() or remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            seq = self._returned_seq
-        return self._no_frame(seq, timeout)
-
     def close(self) -> None:
         """Stop the reader thread; idempotent.  Wakes pending reads."""
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        self._newest.wake()
         self._claims.end_all("camera closed")
         t = self._thread
         if t is not None and t is not threading.current_thread():
@@ -176,16 +153,7 @@ class FilesCamera(ThreadedSource):
         return n
 
     def _publish(self, frame: Frame) -> None:
-        with self._cond:
-            self._grab_seq += 1
-            latest = self._latest = replace(frame, seq=self._grab_seq, ts=time.time(),
-                                            source_id=self.source_id)
-            self._cond.notify_all()
-        self._claims.offer(latest)
-
-    def _drop_frames(self) -> None:
-        with self._cond:  # never hand out a frame from before a loss
-            self._latest = None
+        self._claims.offer(self._newest.put(replace(frame, ts=time.time())))
 
 
 # ------------------------------------------------------------------ camera type "files"

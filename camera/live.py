@@ -150,11 +150,6 @@ class LiveCamera(ThreadedSource):
         if fourcc is not None and len(fourcc) != 4:
             raise ValueError(f"fourcc must be 4 characters, got {fourcc!r}")
 
-        # newest frame, guarded by _cond
-        self._cond = threading.Condition()
-        self._latest: Frame | None = None
-        self._grab_seq = 0          # seq of the newest grabbed frame
-        self._returned_seq = 0      # seq of the last frame read_latest returned
         self._last_frame_mono = 0.0
         self._captured_lb = 0.0       # capture-time lower bound of the newest stream frame
         self._intervals: collections.deque[float] = collections.deque(maxlen=16)
@@ -186,31 +181,6 @@ class LiveCamera(ThreadedSource):
         )
         self._watchdog.start()
 
-    def read_latest(self, timeout: float, *, after_ts: float | None = None) -> Frame:
-        """Return the newest frame newer than the last one returned, waiting up to ``timeout`` s.
-
-        With ``after_ts`` (wall-clock seconds), only a frame grabbed at or after that time is
-        accepted (trigger mode: a frame taken after the trigger).  If none arrives in time, or the
-        camera is down / closed, returns ``Frame(image=None, error="camera_down: <reason>")``
-        carrying the seq of the last returned frame.
-        """
-        deadline = time.monotonic() + max(0.0, timeout)
-        with self._cond:
-            while True:
-                f = self._latest
-                if (f is not None and f.seq > self._returned_seq
-                        and (after_ts is None or f.ts >= after_ts)):
-                    self._returned_seq = f.seq
-                    return f
-                if self._stop.is_set():
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            seq = self._returned_seq
-        return self._no_frame(seq, timeout)
-
     @property
     def stats(self) -> dict[str, Any]:
         """Counters for heartbeats and diagnostics (frames, opens, reconnects, failures, …)."""
@@ -218,7 +188,7 @@ class LiveCamera(ThreadedSource):
             out = dict(self._stats)
         out["healthy"] = self.is_up
         out["reason"] = self._reason
-        out["last_seq"] = self._grab_seq
+        out["last_seq"] = self._newest.grab_seq
         out["last_frame_age_s"] = (
             round(time.monotonic() - self._last_frame_mono, 3) if self._last_frame_mono else None
         )
@@ -227,8 +197,7 @@ class LiveCamera(ThreadedSource):
     def close(self) -> None:
         """Stop the threads, release the capture; idempotent.  Wakes pending ``read_latest``."""
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        self._newest.wake()
         self._claims.end_all("camera closed")
         wait = self.open_timeout + self.read_timeout + 2.0
         for t in (self._watchdog, self._reader):
@@ -251,10 +220,6 @@ class LiveCamera(ThreadedSource):
         return f"LiveCamera({self.source_id!r}, up={self.is_up})"
 
     # ------------------------------------------------------------------ health
-    def _drop_frames(self) -> None:
-        with self._cond:  # drop the old frame: never hand out a frame from before a loss
-            self._latest = None
-
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
             self._stats[key] = self._stats.get(key, 0) + n
@@ -500,13 +465,8 @@ class LiveCamera(ThreadedSource):
     def _publish(self, image: np.ndarray | None, ts: float | None = None, *,
                  error: str | None = None) -> None:
         now = time.time() if ts is None else ts
-        with self._cond:
-            self._grab_seq += 1
-            frame = Frame(image=image, seq=self._grab_seq, ts=now, source_id=self.source_id,
-                          error=error)
-            self._latest = frame
-            self._last_frame_mono = time.monotonic()
-            self._cond.notify_all()
+        self._last_frame_mono = time.monotonic()
+        frame = self._newest.put(Frame(image=image, seq=0, ts=now, error=error))  # numbered there
         self._claims.offer(frame)
         self._count("frames")
 

@@ -1,6 +1,7 @@
 """What the live cameras that run their own threads share (``LiveCamera``, ``FilesCamera``,
 ``GenicamCamera``): health as :class:`~camera.source.LiveSource` reports it, the frame a read
-returns when none came, and frame claims for triggers.
+returns when none came, frame claims for triggers, and the newest-frame slot that ``read_latest``
+reads (:class:`NewestFrame`; GenICam keeps its own, it has trigger modes).
 
 Health changes on transitions only, under a lock held while the callback runs, so callbacks
 arrive in order; once the camera is stopping nothing is reported any more.  A camera going down
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 
 from camera.claims import FrameClaim, FrameClaims
 from camera.source import HealthCallback
@@ -21,10 +23,58 @@ from pipeline.base.frames import Frame
 log = logging.getLogger(__name__)
 
 
+class NewestFrame:
+    """The newest frame a camera's thread grabbed: numbered in grab order, handed out at most
+    once, older ones dropped (a read never gets a stale backlog)."""
+
+    def __init__(self, source_id: str) -> None:
+        """``source_id``: stamped on every frame put here."""
+        self.source_id = source_id
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+        self.grab_seq = 0      # seq of the newest grabbed frame
+        self.returned_seq = 0  # seq of the last frame handed out
+
+    def put(self, frame: Frame) -> Frame:
+        """Keep ``frame`` (renumbered, stamped with the source) as the newest; wake readers."""
+        with self._cond:
+            self.grab_seq += 1
+            latest = self._latest = replace(frame, seq=self.grab_seq, source_id=self.source_id)
+            self._cond.notify_all()
+        return latest
+
+    def take(self, timeout: float, after_ts: float | None, stop: threading.Event) -> Frame | None:
+        """The newest frame not handed out yet (captured at or after ``after_ts`` when given),
+        waiting up to ``timeout`` s; None when none came in time or ``stop`` is set."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            while True:
+                f = self._latest
+                if (f is not None and f.seq > self.returned_seq
+                        and (after_ts is None or f.ts >= after_ts)):
+                    self.returned_seq = f.seq
+                    return f
+                remaining = deadline - time.monotonic()
+                if stop.is_set() or remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+
+    def drop(self) -> None:
+        """Forget the newest frame (a camera that went down: never hand out one from before)."""
+        with self._cond:
+            self._latest = None
+
+    def wake(self) -> None:
+        """Wake waiting readers (the camera is closing)."""
+        with self._cond:
+            self._cond.notify_all()
+
+
 class ThreadedSource:
     """Base of the threaded live cameras; a subclass calls :meth:`_init_threaded` in its
-    ``__init__``, :meth:`_set_health` from its threads, :meth:`_health_closed` from ``close``,
-    and defines :meth:`_drop_frames`."""
+    ``__init__`` (after setting ``source_id``), :meth:`_set_health` from its threads,
+    :meth:`_health_closed` from ``close``, and puts grabbed frames in ``self._newest`` (or
+    overrides :meth:`read_latest` and :meth:`_drop_frames`)."""
 
     source_id: str
     on_health: HealthCallback | None
@@ -38,6 +88,8 @@ class ThreadedSource:
         self._reason = "not started"
         # triggers waiting for the first frame captured after them
         self._claims = FrameClaims()
+        # the newest grabbed frame, for read_latest
+        self._newest = NewestFrame(self.source_id)
 
     # ------------------------------------------------------------------ LiveSource
     def set_health_callback(self, callback: HealthCallback | None) -> None:
@@ -68,6 +120,14 @@ class ThreadedSource:
         if self._stop.is_set():
             claim.end("camera closed")
         return claim
+
+    def read_latest(self, timeout: float, *, after_ts: float | None = None) -> Frame:
+        """The newest frame newer than the last one returned (captured at or after ``after_ts``
+        — wall-clock seconds, trigger mode: a frame taken after the trigger — when given),
+        waiting up to ``timeout`` s; else ``Frame(image=None, error="camera_down: <reason>")``
+        carrying the seq of the last returned frame (none came in time, down, or closed)."""
+        frame = self._newest.take(timeout, after_ts, self._stop)
+        return frame if frame is not None else self._no_frame(self._newest.returned_seq, timeout)
 
     # ------------------------------------------------------------------ for the subclass
     def _no_frame(self, seq: int, timeout: float, awaited: str = "new frame") -> Frame:
@@ -112,7 +172,7 @@ class ThreadedSource:
 
     def _drop_frames(self) -> None:
         """Forget the frames held (called under the health lock when the camera goes down)."""
-        raise NotImplementedError
+        self._newest.drop()
 
     def _count(self, key: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``key`` (cameras that keep statistics override this)."""
