@@ -305,7 +305,7 @@ def bench_one(args: argparse.Namespace, backend: str) -> dict[str, Any]:
 
 def fully_4bit(result: dict[str, Any]) -> bool:
     """Whether a backend kept every linear layer but the output head in 4 bit (Unsloth keeps
-    vision towers in 16 bit: faster on an H200, but about 1 GiB more for a 2B model)."""
+    vision towers in 16 bit: faster on an H200, but about 0.9 GiB more for a 2B model)."""
     n4, n = int(result.get("linear_4bit") or 0), int(result.get("linear_total") or 0)
     return n > 0 and n4 >= n - 1
 
