@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
 from pathlib import Path
 
 from pipeline.base.errors import ConfigError
 from station.config import endpoint_problem, listen_address
+from station.shutdown import stop_on_signals
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,11 +81,7 @@ def run(args: argparse.Namespace) -> int:
                                   keys=keys))
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         task = asyncio.create_task(server.serve(stop))
         while server.url is None and not task.done():
             await asyncio.sleep(0.05)

@@ -14,9 +14,7 @@ PLC's poll.  All register work runs in the asyncio loop; triggers wait in worker
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +24,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from station.bridges import registers as R
 from station.bridges.link import PartResult, StationLink, now_iso
+from station.shutdown import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +177,7 @@ def run_modbus(link: StationLink, host: str, port: int) -> int:
     """Run the bridge until SIGTERM/SIGINT."""
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         bridge = ModbusBridge(link, host, port)
         link.start()
         try:

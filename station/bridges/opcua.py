@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +27,7 @@ from asyncua.common.methods import uamethod
 from asyncua.common.node import Node
 
 from station.bridges.link import PartResult, StationLink
+from station.shutdown import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,7 @@ def run_opcua(link: StationLink, host: str, port: int) -> int:
     """Run the bridge until SIGTERM/SIGINT."""
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         link.start()
         try:
             await OpcUaBridge(link, host, port).serve(stop)

@@ -36,6 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from station.shutdown import stop_on_signals
 from station.web.ring import ImageRing
 from station.web.ring_link import RemoteRing, start_ring_server
 
@@ -171,10 +172,7 @@ def child_main(argv: list[str]) -> int:
     server = WebServer(options_from_json(sys.stdin.read()), ring=ring)
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
 
         async def watch_parent() -> None:
             while not stop.is_set():
