@@ -308,15 +308,14 @@ class _Engine:
         example image, the only other one, is hashed here)."""
         import hashlib
 
-        keys = list(prompt.reference_keys)
-        for im in prompt.images[: len(prompt.images) - 1 - len(keys)]:
-            keys.insert(0, hashlib.blake2b(im.tobytes(), digest_size=16).hexdigest())
+        leading = prompt.images[: len(prompt.images) - 1 - len(prompt.reference_keys)]
+        keys = [hashlib.blake2b(im.tobytes(), digest_size=16).hexdigest() for im in leading]
         return (repr(prompt.messages), prompt.prefill,
-                tuple(im.size for im in prompt.images), tuple(keys))
+                tuple(im.size for im in prompt.images), (*keys, *prompt.reference_keys))
 
     def _one_pass(self, prompt: Prompt, tree: AnswerTree) -> tuple[Any, dict[int, Any], int]:
-        """Root and decision logits from one forward pass; the processor runs on the test image
-        alone while the prompt's text, image sizes and golden image are those of the plan."""
+        """Root and decision logits from one forward pass; only the test image is preprocessed
+        while the prompt's text, image sizes and golden image are those of the plan."""
         op = self.onepass
         assert op is not None
         self._last_prompt: Prompt = prompt
