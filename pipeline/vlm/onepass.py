@@ -158,6 +158,7 @@ class OnePass:
         self.text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
         self.attn_impl = getattr(self.text_cfg, "_attn_implementation", None) or "sdpa"
         self.plan: Plan | None = None
+        self.plans_made = 0  # layouts planned so far: 1 on a steady line, warm-up included
         self.timing: dict[str, float] = {}
         self._kv_cls = _prefix_kv_class()
 
@@ -269,6 +270,7 @@ class OnePass:
 
     def _new_plan(self, key: tuple, inputs: dict[str, Any], tree: AnswerTree) -> Plan:
         torch = self.torch
+        self.plans_made += 1
         ids = inputs["input_ids"][0]
         img = self._image_token_id()
         where = (ids == img).nonzero().flatten().tolist()

@@ -82,6 +82,7 @@ def test_bench_times_backends_and_records_the_fastest(tmp_path, capfd):
     (res,) = report["results"]
     assert res["backend"] == "transformers" and res["p50_ms"] > 0 and res["linear_4bit"] > 0
     assert res["one_pass"]["cached_prefix_tokens"] > 0  # the judge ran its one-pass path
+    assert res["one_pass"]["plans_made"] == 1  # planned at the warm-up, never in a timed part
     assert report["fastest"] == "transformers"
     rec = measured_backend(cache, inspect_folder(out), "cpu")
     assert rec is not None and rec["fastest"] == "transformers" and "ms p50" in rec["summary"]
