@@ -304,14 +304,9 @@ class _Engine:
     @staticmethod
     def _prompt_signature(prompt: Prompt) -> tuple:
         """What a cached prefix depends on: text, pre-fill, image sizes and the content of every
-        image before the test image (the golden's digest comes with the prompt; a one-shot
-        example image, the only other one, is hashed here)."""
-        import hashlib
-
-        leading = prompt.images[: len(prompt.images) - 1 - len(prompt.reference_keys)]
-        keys = [hashlib.blake2b(im.tobytes(), digest_size=16).hexdigest() for im in leading]
+        image before the test image (their digests come with the prompt)."""
         return (repr(prompt.messages), prompt.prefill,
-                tuple(im.size for im in prompt.images), (*keys, *prompt.reference_keys))
+                tuple(im.size for im in prompt.images), tuple(prompt.reference_keys))
 
     def _one_pass(self, prompt: Prompt, tree: AnswerTree) -> tuple[Any, dict[int, Any], int]:
         """Root and decision logits from one forward pass; only the test image is preprocessed

@@ -31,7 +31,7 @@ class Prompt:
     instruction: str  # the user text of the final turn (for the recorder)
     prefill: str  # the assistant turn's fixed beginning (scored mode); "" for generate
     meta: dict[str, Any] = field(default_factory=dict)
-    # content digests of the images just before the test image (a pair's golden), in order
+    # content digests of every image before the test image (one-shot example, golden), in order
     reference_keys: list[str] = field(default_factory=list)
 
 
@@ -80,21 +80,24 @@ _FIT_CACHE_SIZE = 4
 
 def fit_reference_keyed(image: Image.Image | np.ndarray, max_side: int,
                         size_rule: SizeRule | None = None) -> tuple[Image.Image, str]:
-    """:func:`fit_image` for an image that repeats from part to part (the golden of a pair), and a
-    digest of its content: an array seen before (same bytes) is not converted and scaled again.
-    The image is the same one :func:`fit_image` gives; hashing the bytes costs a tenth of the
-    scaling, and the digest tells the VLM engine whether its cached prefix still holds."""
+    """:func:`fit_image` for an image that repeats from part to part (a pair's golden, the
+    one-shot example), and a digest of its content: an image seen before (same bytes) is not
+    converted and scaled again.  The image is the same one :func:`fit_image` gives; hashing the
+    bytes costs a tenth of the scaling, and the digest tells the VLM engine whether its cached
+    prefix still holds."""
     import hashlib
 
-    if not isinstance(image, np.ndarray):
-        img = fit_image(image, max_side, size_rule)
-        return img, hashlib.blake2b(img.tobytes(), digest_size=16).hexdigest()
-    arr = np.ascontiguousarray(image)
-    digest = hashlib.blake2b(memoryview(arr).cast("B"), digest_size=16).hexdigest()
-    key = (arr.shape, str(arr.dtype), max_side, size_rule, digest)
+    if isinstance(image, Image.Image):
+        data: Any = image.tobytes()
+        layout: tuple = (image.mode, *image.size)
+    else:
+        arr = np.ascontiguousarray(image)
+        data, layout = memoryview(arr).cast("B"), (str(arr.dtype), *arr.shape)
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    key = (layout, max_side, size_rule, digest)
     hit = _FIT_CACHE.get(key)
     if hit is None:
-        hit = (fit_image(arr, max_side, size_rule), f"{arr.shape}:{digest}")
+        hit = (fit_image(image, max_side, size_rule), f"{layout}:{digest}")
         if len(_FIT_CACHE) >= _FIT_CACHE_SIZE:
             _FIT_CACHE.pop(next(iter(_FIT_CACHE)))
         _FIT_CACHE[key] = hit
@@ -172,7 +175,8 @@ def build_prompt(
     if it not in settings.image_type_names:
         raise ValueError(f"unknown image type {image_type!r}")
     side = settings.max_image_side
-    # the reference images (the golden) repeat from part to part: scaled once, not per part
+    # the images before the test image (golden, one-shot example) repeat from part to part:
+    # scaled once, not per part, and their digests key the cached prefix
     refs = [fit_reference_keyed(im, side, size_rule) for im in images[:-1]]
     pics = [im for im, _ in refs] + [fit_image(images[-1], side, size_rule)]
     text = instruction_text(settings, image_type=it, columns=columns, rows=rows)
@@ -193,7 +197,9 @@ def build_prompt(
             }
         )
         messages.append({"role": "assistant", "content": [{"type": "text", "text": example}]})
-        all_images.append(fit_image(one_shot_image, settings.max_image_side, size_rule))
+        shot = fit_reference_keyed(one_shot_image, settings.max_image_side, size_rule)
+        refs.insert(0, shot)
+        all_images.append(shot[0])
     messages.append(
         {
             "role": "user",

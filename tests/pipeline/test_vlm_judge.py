@@ -111,6 +111,15 @@ def test_one_shot_prompt_has_the_example_turn():
     tagged = to_tagged_messages(p.messages)
     assert tagged[0]["content"].startswith("<|image_1|>\n")
     assert tagged[2]["content"].startswith("<|image_2|>\n<|image_3|>\n")
+    # every image before the test image is keyed by content, the example scaled once
+    assert len(p.reference_keys) == 2
+    again = build_prompt(s, [_img(), _img(seed=9)], columns=COLS, rows=ROWS,
+                         one_shot_image=_img(seed=5))
+    assert again.images[0] is p.images[0] and again.reference_keys == p.reference_keys
+    other = build_prompt(s, [_img(), _img()], columns=COLS, rows=ROWS,
+                         one_shot_image=_img(seed=6))
+    assert other.reference_keys[0] != p.reference_keys[0]
+    assert other.reference_keys[1] == p.reference_keys[1]
 
 
 def test_fit_image_caps_the_size_and_reads_bgr():
@@ -132,6 +141,8 @@ def test_reference_images_are_scaled_once():
     other = golden.copy()
     other[0, 0] ^= 1
     assert fit_reference(other, 448) is not a
+    pil = fit_image(golden, 600)  # a PIL image is keyed by its content too
+    assert fit_reference(pil, 448) is fit_reference(pil.copy(), 448)
 
 
 # --- tiny models -------------------------------------------------------------------------------
