@@ -20,6 +20,7 @@ from __future__ import annotations
 import faulthandler
 import functools
 import logging
+import signal
 import threading
 from collections.abc import Callable
 
@@ -122,6 +123,19 @@ def start_page(config: StationConfig, daemon: StationDaemon) -> Callable[[], Non
     return stop
 
 
+def enable_crash_dumps() -> None:
+    """Every thread's Python stack to stderr (the journal) when the station dies of a native
+    fault, of systemd's watchdog (SIGABRT on a hung station), or of a native library's fatal
+    breakpoint: GLib ends a fatal error (``g_error``, in Aravis's threads too) with SIGTRAP, whose
+    default action then still ends the process."""
+    if not faulthandler.is_enabled():
+        faulthandler.enable()
+    if hasattr(signal, "SIGTRAP"):
+        # chain: GLib continues after its breakpoint when a handler returns; the default
+        # action, raised again after the dump, is what ends the process
+        faulthandler.register(signal.SIGTRAP, all_threads=True, chain=True)
+
+
 def serve(config: StationConfig, *, camera: LiveSource | None = None,
           inspector: Inspector | None = None, recorder: Recorder | None = None,
           notifier: Notifier | None = None,
@@ -132,10 +146,7 @@ def serve(config: StationConfig, *, camera: LiveSource | None = None,
     ``on_ready`` is called from a helper thread once the station is ready (the demo prints its
     endpoints).
     """
-    if not faulthandler.is_enabled():
-        # systemd's watchdog aborts a hung station with SIGABRT: dump every thread's stack to
-        # stderr (the journal) first, so the hang can be diagnosed.
-        faulthandler.enable()
+    enable_crash_dumps()
     daemon = build_daemon(config, camera=camera, inspector=inspector, recorder=recorder,
                           notifier=notifier)
     if on_ready is not None:

@@ -584,3 +584,18 @@ def _no_leftover_threads() -> Iterator[None]:
     # in-process daemons must have stopped their request threads
     left = [t for t in threading.enumerate() if t not in before and t.name == "station-requests"]
     assert not left
+
+
+def test_a_native_fatal_breakpoint_dumps_every_thread_then_ends_the_process() -> None:
+    """GLib ends a fatal error (in Aravis's threads too) with SIGTRAP: the station's stderr (the
+    journal) gets every thread's Python stack, and the process still dies of the signal."""
+    code = ("import os, signal, threading\n"
+            "from station.build import enable_crash_dumps\n"
+            "enable_crash_dumps()\n"
+            "threading.Thread(target=threading.Event().wait, name='grabber', daemon=True).start()\n"
+            "os.kill(os.getpid(), signal.SIGTRAP)\n"
+            "print('survived')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGTRAP, (p.returncode, p.stderr[-2000:])
+    assert "survived" not in p.stdout
+    assert "Current thread" in p.stderr and p.stderr.count("most recent call first") >= 2
