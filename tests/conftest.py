@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
+import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,19 @@ import pytest
 from camera.synth import LineSpec, write_line
 from pipeline.recipe import Recipe
 from station.demo.line import build_demo_recipe
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A native library's fatal error (GLib's ``g_error``, in Aravis's threads too) ends a test
+    process with SIGTRAP and no word of where: dump every thread's stack to the real stderr
+    first (duplicated now, while the tests' output capture is off), then die as before."""
+    if not hasattr(signal, "SIGTRAP"):
+        return
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError):  # an xdist worker's stderr is not a file
+        fd = sys.__stderr__.fileno()
+    faulthandler.register(signal.SIGTRAP, file=os.dup(fd), all_threads=True, chain=True)
 
 
 @pytest.fixture(scope="session")
